@@ -1,0 +1,55 @@
+"""The lensdesign command line: thin wrappers that parse, call the library and print with rich.
+
+Each command lives in `lensdesign/commands/<name>.py` with a `register(app)` function. Any user-facing
+error (LensdesignError) is printed as one line on stderr with exit code 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import typer
+
+from lensdesign.errors import LensdesignError
+
+app = typer.Typer(
+    name="lensdesign",
+    help="Design diffractive lenses end to end: optimize the height map and the reconstruction, export "
+    "fabrication files, report PSF/MTF and image quality.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+COMMAND_MODULES = [
+    "lensdesign.commands.core",
+    "lensdesign.commands.optimize",
+    "lensdesign.commands.export",
+    "lensdesign.commands.report",
+]
+
+for _name in COMMAND_MODULES:
+    try:
+        _mod = importlib.import_module(_name)
+    except ModuleNotFoundError as _e:
+        if _e.name != _name:
+            raise
+        continue
+    _mod.register(app)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except LensdesignError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,181 @@
+"""Commands `check`, `baseline` and `psf`: the physics core on the command line."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from lensdesign.errors import LensdesignError
+from lensdesign.spec import Spec, load_spec
+
+console = Console()
+
+
+def fmt_len(x: float) -> str:
+    """Human length from metres."""
+    if math.isinf(x):
+        return "inf"
+    for unit, f in (("m", 1.0), ("mm", 1e-3), ("um", 1e-6), ("nm", 1e-9)):
+        if abs(x) >= f:
+            return f"{x / f:.4g} {unit}"
+    return f"{x:.3g} m"
+
+
+def memory_estimate(spec: Spec) -> dict[str, float]:
+    """Bytes held by one PSF-stack forward + backward (complex64), by part."""
+    from lensdesign.optics.psf import plan_grid
+
+    g = plan_grid(spec)
+    dw = len(spec.depths_m) * len(spec.wavelengths)
+    k = g.window_fine
+    chunk = max(1, min(dw, (256 << 20) // (g.m * g.m * 8)))
+    return {
+        "source waves": dw * g.n * g.n * 8,
+        "transfer functions": len(spec.wavelengths) * g.m * g.m * 8,
+        "FFT workspace": chunk * g.m * g.m * 8,
+        "saved fields (backward)": dw * k * k * 8,
+    }
+
+
+def check_spec(spec: Spec) -> Table:
+    """A table describing how `spec` will be simulated (raises SpecError when it cannot be)."""
+    from lensdesign.optics.psf import plan_grid
+
+    g = plan_grid(spec)
+    o = spec.optics
+    t = Table(title=f"lensdesign check: {spec.name} ({spec.task})", show_header=False)
+    t.add_column("item", style="bold")
+    t.add_column("value")
+    t.add_row("aperture / sensor distance", f"{fmt_len(o.aperture)} / {fmt_len(o.sensor_distance)} "
+              f"(f/{o.sensor_distance / o.aperture:.2f}, NA {math.sin(math.atan(o.aperture / 2 / o.sensor_distance)):.3f})")
+    idx = spec.refractive_indices
+    t.add_row("wavelengths (n)", ", ".join(f"{w * 1e9:.0f} nm ({n:.4f})" for w, n in zip(spec.wavelengths, idx, strict=True)))
+    t.add_row("material / max height", f"{spec.material_name} / {fmt_len(spec.max_height_m)}")
+    t.add_row("depths", ", ".join(fmt_len(z) for z in spec.depths_m) + f"  (focus of reference lenses: {fmt_len(spec.focus_depth_m)})")
+    a, b = spec.diopter_range
+    pf = 0.0 if math.isinf(spec.focus_depth_m) else 1 / spec.focus_depth_m
+    w020 = (o.aperture / 2) ** 2 * max(abs(a - pf), abs(b - pf)) / 2
+    t.add_row("defocus at range ends", f"W020 = {fmt_len(w020)} = {w020 / spec.design_wavelength_m:.2f} waves at "
+              f"{spec.design_wavelength_m * 1e9:.0f} nm")
+    t.add_row("element grid", f"{g.n} × {g.n} at {fmt_len(g.dx)} (parameterization {o.parameterization})")
+    t.add_row("padded grid", f"{g.m} × {g.m} ({g.m * g.dx * 1e3:.3g} mm)")
+    nf = ", ".join(f"{(o.aperture / 2) ** 2 / (w * o.sensor_distance):.0f}" for w in spec.wavelengths)
+    t.add_row("Fresnel number", nf)
+    t.add_row("propagator", f"{g.choice.kind}: {g.choice.reason}")
+    t.add_row("sensor", f"{spec.sensor.resolution[0]} × {spec.sensor.resolution[1]} px at {fmt_len(spec.sensor.pixel_pitch)}"
+              + (f", super-resolution ×{spec.sensor.superres_factor}" if spec.sensor.superres_factor > 1 else ""))
+    t.add_row("PSF window", f"{g.psf_size} × {g.psf_size} px at {fmt_len(g.sensor_pitch)} "
+              f"({g.psf_size * g.sensor_pitch * 1e3:.3g} mm; {g.bin} × {g.bin} simulation pixels per sample)")
+    mem = memory_estimate(spec)
+    t.add_row("memory (PSF forward+backward)", f"{sum(mem.values()) / 2**20:.0f} MiB ("
+              + ", ".join(f"{k} {v / 2**20:.0f}" for k, v in mem.items()) + ")")
+    for note in g.notes:
+        t.add_row("note", note)
+    return t
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def check(spec: Annotated[Path, typer.Argument(help="spec YAML file")]) -> None:
+        """Validate a spec and show how it will be simulated: grid, Fresnel number, propagator and why, memory."""
+        s = load_spec(spec)
+        console.print(check_spec(s))
+        console.print("[green]ok[/green]: the spec is valid and well sampled")
+
+    @app.command()
+    def baseline(
+        spec: Annotated[Path, typer.Argument(help="spec YAML file")],
+        out: Annotated[Path, typer.Option("--out", help="run directory to write")],
+        kind: Annotated[str, typer.Option("--kind", help="fresnel | cubic")] = "fresnel",
+        strength: Annotated[float | None, typer.Option(help="cubic strength α in waves (default from the depth range)")] = None,
+        focus_depth: Annotated[str | None, typer.Option("--focus-depth", help="focus depth, e.g. '1 m' or inf")] = None,
+        force: Annotated[bool, typer.Option("--force", help="overwrite an existing run directory")] = False,
+    ) -> None:
+        """Write a run directory for a reference design: a Fresnel lens or a cubic phase plate."""
+        from lensdesign.baselines import cubic_height, default_cubic_strength, fresnel_height
+        from lensdesign.optics.psf import plan_grid
+        from lensdesign.rundir import RunDir, design_meta
+        from lensdesign.spec import parse_length
+
+        s = load_spec(spec)
+        if kind not in ("fresnel", "cubic"):
+            raise LensdesignError(f"--kind: unknown baseline {kind!r}; use fresnel or cubic")
+        fd = None
+        if focus_depth is not None:
+            try:
+                fd = parse_length(focus_depth, allow_inf=True)
+            except ValueError as e:
+                raise LensdesignError(f"--focus-depth: {e}") from None
+        g = plan_grid(s)
+        run = RunDir(out)
+        if (out / "design.json").exists() and not force:
+            raise LensdesignError(f"{out}: already holds a design; pass --force to overwrite or choose another --out")
+        fdm = s.focus_depth_m if fd is None else fd
+        if kind == "fresnel":
+            h = fresnel_height(s, g.n, fdm)
+            extra = {"focus_depth_m": None if math.isinf(fdm) else fdm}
+        else:
+            a = default_cubic_strength(s) if strength is None else strength
+            h = cubic_height(s, g.n, a, fdm)
+            extra = {"focus_depth_m": None if math.isinf(fdm) else fdm, "cubic_strength_waves": a}
+        meta = design_meta(s, f"baseline-{kind}", g.n, **extra)
+        meta["parameterization"] = "pixel"
+        run.write_design(s, h.float(), meta)
+        console.print(f"wrote {kind} baseline ({g.n} × {g.n} at {fmt_len(g.dx)}) to {out}")
+
+    @app.command()
+    def psf(
+        run: Annotated[Path, typer.Argument(help="run directory")],
+        out: Annotated[Path, typer.Option("--out", help="output file: .npz or .tif/.tiff")],
+        quantized: Annotated[bool, typer.Option(help="use the height map quantized to fabrication.levels")] = False,
+        device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+    ) -> None:
+        """Compute the PSF stack (depth, wavelength, y, x) of a run's design and save it as .npz or .tiff."""
+        import torch
+
+        from lensdesign.device import pick_device
+        from lensdesign.fabrication.quantize import quantize
+        from lensdesign.optics.psf import OpticalSystem
+        from lensdesign.rundir import RunDir, atomic_write_bytes
+
+        suffix = out.suffix.lower()
+        if suffix not in (".npz", ".tif", ".tiff"):
+            raise LensdesignError(f"--out: {out.name} has an unknown format; use a .npz or .tiff file name")
+        r = RunDir(run).require()
+        s = r.load_spec()
+        d = r.load_design()
+        h = d.height_m
+        if quantized:
+            h = quantize(h, d.max_height_m, int(d.meta.get("levels", s.fabrication.levels)))
+        system = OpticalSystem(s, device=pick_device(device))
+        if h.shape != (system.grid.n, system.grid.n):
+            raise LensdesignError(f"{run}: height map {h.shape} does not match the spec grid {system.grid.n}; "
+                                  "the run's spec.yaml was changed, re-create the run")
+        with torch.no_grad():
+            p = system.psf(torch.as_tensor(np.asarray(h), dtype=torch.float32)).cpu().numpy().astype(np.float32)
+        pitch = system.grid.sensor_pitch
+        depths = np.array(system.depths, dtype=np.float64)
+        wls = np.array(system.wavelengths, dtype=np.float64)
+        import io
+
+        buf = io.BytesIO()
+        if suffix == ".npz":
+            np.savez(buf, psf=p, depths_m=depths, wavelengths_m=wls, pitch_m=np.float64(pitch))
+        else:
+            import tifffile
+
+            desc = json.dumps({"axes": "depth,wavelength,y,x", "depths_m": [None if math.isinf(z) else z for z in depths],
+                               "wavelengths_m": wls.tolist(), "pitch_m": pitch, "shape": list(p.shape)})
+            px_per_cm = 1e-2 / pitch
+            tifffile.imwrite(buf, p.reshape(-1, *p.shape[2:]), description=desc, resolution=(px_per_cm, px_per_cm),
+                             resolutionunit="CENTIMETER", metadata=None)
+        atomic_write_bytes(out, buf.getvalue())
+        console.print(f"wrote PSF stack {tuple(p.shape)} at {fmt_len(pitch)} to {out} "
+                      f"(energy per PSF {p.sum(axis=(2, 3)).min():.4f} … {p.sum(axis=(2, 3)).max():.4f})")

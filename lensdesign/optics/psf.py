@@ -1,0 +1,271 @@
+"""Point sources at depth, the PSF stack (depth, wavelength, y, x) and sampling to the sensor.
+
+The element sits in the pupil: a circular aperture of diameter D on an N×N grid of pitch dx, zero padded to
+M×M for propagation over the sensor distance. A point source at depth z (or at infinity) illuminates it with
+a spherical (or plane) wave; the element adds phase 2π(n(λ) − 1)h/λ; the field is propagated to the sensor and
+its intensity integrated over sensor pixels. The input power is normalized to 1 per (depth, wavelength), every
+propagator is unitary, and light that leaves the PSF window is lost (not renormalized away), so each PSF sums
+to at most 1.
+
+The PSF computation is a custom autograd function with the adjoint written out: one FFT pair forward, one
+pair backward, computed in chunks into a reused workspace. Everything that does not depend on the height map
+(source waves, aperture, transfer functions, crop indices) is precomputed once in `OpticalSystem`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from lensdesign.errors import SpecError
+from lensdesign.optics.propagation import PropagatorChoice, choose_propagator, fft_size, transfer_function
+from lensdesign.spec import Spec
+
+
+@dataclass
+class Grid:
+    """Sampling of one simulation: element grid N at pitch dx, padded grid M, sensor binning and PSF window."""
+
+    n: int  # element grid (pixels)
+    m: int  # padded FFT grid (pixels)
+    dx: float  # element / simulation pitch (m)
+    bin: int  # simulation pixels per sensor pixel (per axis)
+    psf_size: int  # PSF window on the sensor (sensor pixels, odd)
+    choice: PropagatorChoice
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def sensor_pitch(self) -> float:
+        """PSF sample pitch on the sensor (m)."""
+        return self.dx * self.bin
+
+    @property
+    def window_fine(self) -> int:
+        return self.psf_size * self.bin
+
+
+def plan_grid(spec: Spec, psf_size: int | None = None, bin_override: int | None = None) -> Grid:
+    """Work out the sampling for `spec`, refusing an under-sampled or impossible setup with the reason.
+
+    `bin_override` samples the PSF on a finer grid than the sensor (1 = the simulation pitch), for analysis.
+    """
+    o = spec.optics
+    dx = o.pitch
+    d = o.aperture
+    z = o.sensor_distance
+    wls = spec.wavelengths
+    notes: list[str] = []
+    n = math.ceil(d / dx - 1e-9)
+    n += n % 2
+    if n < 16:
+        raise SpecError(f"optics.pitch: {dx * 1e6:.3g} um gives only {n} samples across the aperture; "
+                        "use a pitch of at most aperture/16")
+    # Element sampling: the phase that focuses the nearest depth onto the sensor must not alias at the rim.
+    z_near = spec.depths_m[0]
+    vergence = (0.0 if math.isinf(z_near) else 1.0 / z_near) + 1.0 / z
+    need = min(wls) / (d * vergence)
+    if dx > need * (1 + 1e-9):
+        raise SpecError(f"optics.pitch: {dx * 1e6:.3g} um under-samples the element: focusing the nearest depth "
+                        f"at {min(wls) * 1e9:.0f} nm needs pitch <= λ/(D(1/z_near + 1/z_sensor)) = "
+                        f"{need * 1e6:.3g} um; reduce optics.pitch")
+    sensor_pitch = spec.sensor.pixel_pitch / spec.sensor.superres_factor
+    ratio = sensor_pitch / dx
+    b = round(ratio)
+    if b < 1 or abs(ratio - b) > 1e-6 * ratio:
+        raise SpecError(f"sensor.pixel_pitch: {sensor_pitch * 1e6:.4g} um is not an integer multiple of optics.pitch "
+                        f"{dx * 1e6:.4g} um; choose pitches with an integer ratio")
+    if bin_override is not None:
+        b = bin_override
+    m = fft_size(math.ceil(n * o.padding))
+    choice = choose_propagator(dx, m * dx, wls, z, o.propagator)
+    if not choice.ok:
+        raise SpecError(choice.reason)
+    full = m // b
+    full -= 1 - full % 2  # odd
+    size = psf_size if psf_size is not None else spec.sensor.psf_size
+    if size is None:
+        size = min(full, max(spec.sensor.resolution) * spec.sensor.superres_factor)
+    if size % 2 == 0:
+        size += 1
+    if size * b > m:
+        raise SpecError(f"sensor.psf_size: {size} pixels ({size * sensor_pitch * 1e3:.3g} mm) exceeds the simulated "
+                        f"field of {m * dx * 1e3:.3g} mm; reduce sensor.psf_size to at most {full} or raise optics.padding")
+    nyq = min(wls) * z / d / 2
+    if sensor_pitch > nyq:
+        notes.append(f"sensor pitch {sensor_pitch * 1e6:.3g} um under-samples the diffraction-limited PSF at "
+                     f"{min(wls) * 1e9:.0f} nm (Nyquist λN#/2 = {nyq * 1e6:.3g} um): expected, the sensor aliases")
+    return Grid(n=n, m=m, dx=dx, bin=b, psf_size=size, choice=choice, notes=notes)
+
+
+def coords(n: int, dx: float, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """Element-plane coordinates (y, x) in metres, (n, 1) and (1, n); the optical axis is at index n // 2."""
+    x = (torch.arange(n, dtype=torch.float64, device=device) - n // 2) * dx
+    return x[:, None], x[None, :]
+
+
+def aperture_mask(n: int, dx: float, diameter: float, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Circular clear aperture, (n, n) float64 of 0/1."""
+    y, x = coords(n, dx, device)
+    return ((x**2 + y**2) <= (diameter / 2) ** 2).to(torch.float64)
+
+
+def source_wave(n: int, dx: float, wavelength: float, depth: float, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Spherical wave from an on-axis point at `depth` (plane wave for inf) in the element plane, (n, n) complex128."""
+    if math.isinf(depth):
+        return torch.ones(n, n, dtype=torch.complex128, device=device)
+    y, x = coords(n, dx, device)
+    k = 2 * math.pi / wavelength
+    path = torch.sqrt(x**2 + y**2 + depth**2) - depth
+    return torch.polar(torch.ones_like(path), k * path)
+
+
+class OpticalSystem:
+    """Precomputed, height-independent parts of the imaging model for one spec (no trainable state).
+
+    Attributes are tensors on `device`: `src` (D, W, N, N) complex64 aperture × source wave, power-normalized;
+    `phase_per_m` (W,) radians per metre of height, 2π(n − 1)/λ; `h` (W, M, M) complex64 transfer functions.
+    """
+
+    def __init__(self, spec: Spec, device: torch.device | str = "cpu", depths: list[float] | None = None,
+                 psf_size: int | None = None, bin_override: int | None = None, chunk_bytes: int = 256 << 20) -> None:
+        self.spec = spec
+        self.grid = plan_grid(spec, psf_size=psf_size, bin_override=bin_override)
+        self.device = torch.device(device)
+        self.depths = list(depths) if depths is not None else spec.depths_m
+        self.wavelengths = list(spec.wavelengths)
+        g = self.grid
+        n, m, dx = g.n, g.m, g.dx
+        ap = aperture_mask(n, dx, spec.optics.aperture)
+        self.n_open = float(ap.sum())
+        self.aperture = ap.to(torch.float32).to(self.device)
+        norm = 1.0 / math.sqrt(self.n_open)
+        self._norm = norm
+        self.src = self.source_waves(self.depths)
+        idx = spec.refractive_indices
+        self.phase_per_m = torch.tensor([2 * math.pi * (nn - 1) / w for nn, w in zip(idx, self.wavelengths, strict=True)],
+                                        dtype=torch.float32, device=self.device)
+        z = spec.optics.sensor_distance
+        self.h = torch.stack([transfer_function(g.choice.kind, m, dx, w, z).to(torch.complex64)
+                              for w in self.wavelengths]).to(self.device)
+        # Crop: the on-axis fine pixel (index n//2, since the input sits at [0:n] of the padded grid) at the
+        # centre of the central sensor pixel; indices wrap around the circular grid.
+        k = g.window_fine
+        start = n // 2 - (g.psf_size // 2) * g.bin - g.bin // 2
+        self.crop = (torch.arange(k, device=self.device) + start) % m
+        self.chunk_bytes = chunk_bytes
+
+    def source_waves(self, depths: list[float]) -> torch.Tensor:
+        """Aperture × source wave, power-normalized, (D, W, N, N) complex64 on the device, for any depths (m)."""
+        g = self.grid
+        ap = self.aperture.to(torch.float64).cpu()
+        src = torch.empty(len(depths), len(self.wavelengths), g.n, g.n, dtype=torch.complex64)
+        for i, z in enumerate(depths):
+            for j, w in enumerate(self.wavelengths):
+                src[i, j] = (source_wave(g.n, g.dx, w, z) * ap * self._norm).to(torch.complex64)
+        return src.to(self.device)
+
+    def chunk_for(self, total: int) -> int:
+        """PSFs computed per FFT batch so that the workspace stays within `chunk_bytes`."""
+        return max(1, min(total, self.chunk_bytes // (self.grid.m * self.grid.m * 8)))
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        return (len(self.depths), len(self.wavelengths), self.grid.psf_size, self.grid.psf_size)
+
+    def psf(self, height: torch.Tensor, depths: list[float] | None = None) -> torch.Tensor:
+        """PSF stack (D, W, P, P) float32 on the sensor pitch for a height map (N, N) in metres.
+
+        `depths` (m) other than the system's own are computed on the fly (e.g. random training depths).
+        """
+        src = self.src if depths is None else self.source_waves(depths)
+        return PSFStack.apply(height.to(self.device, torch.float32), self, src)
+
+
+def _bin(x: torch.Tensor, b: int) -> torch.Tensor:
+    if b == 1:
+        return x
+    *lead, k, _ = x.shape
+    p = k // b
+    return x.reshape(*lead, p, b, p, b).sum(dim=(-1, -3))
+
+
+def _unbin(g: torch.Tensor, b: int) -> torch.Tensor:
+    if b == 1:
+        return g
+    return g.repeat_interleave(b, dim=-2).repeat_interleave(b, dim=-1)
+
+
+class PSFStack(torch.autograd.Function):
+    """Height map (N, N) → PSF stack (D, W, P, P), with the adjoint propagation written out."""
+
+    @staticmethod
+    def forward(ctx, height: torch.Tensor, system: OpticalSystem, src_all: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        s = system
+        g = s.grid
+        dd, ww = src_all.shape[0], src_all.shape[1]
+        total = dd * ww
+        n, m = g.n, g.m
+        cy = s.crop
+        # Element transmission per wavelength, computed once: (W, N, N)
+        t = torch.polar(torch.ones_like(height), s.phase_per_m[:, None, None] * height[None])
+        src = src_all.reshape(total, n, n)
+        out = torch.empty(total, g.psf_size, g.psf_size, dtype=torch.float32, device=height.device)
+        saved = torch.empty(total, g.window_fine, g.window_fine, dtype=torch.complex64, device=height.device)
+        chunk = s.chunk_for(total)
+        ws = torch.empty(chunk, m, m, dtype=torch.complex64, device=height.device)
+        widx = torch.arange(total, device=height.device) % ww
+        for a in range(0, total, chunk):
+            b = min(total, a + chunk)
+            c = b - a
+            buf = ws[:c]
+            u0 = src[a:b] * t[widx[a:b]]
+            torch.fft.fft2(u0, s=(m, m), out=buf)
+            buf.mul_(s.h[widx[a:b]])
+            torch.fft.ifft2(buf, out=buf)
+            uc = buf[:, cy[:, None], cy[None, :]]
+            saved[a:b] = uc
+            out[a:b] = _bin(uc.real.square() + uc.imag.square(), g.bin)
+        ctx.system = s
+        ctx.save_for_backward(height, saved, src_all)
+        return out.reshape(dd, ww, g.psf_size, g.psf_size)
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor) -> tuple[torch.Tensor, None, None]:  # type: ignore[override]
+        s: OpticalSystem = ctx.system
+        height, saved, src_all = ctx.saved_tensors
+        g = s.grid
+        dd, ww = src_all.shape[0], src_all.shape[1]
+        total = dd * ww
+        n, m = g.n, g.m
+        cy = s.crop
+        gi = grad_out.reshape(total, g.psf_size, g.psf_size).to(torch.float32)
+        t = torch.polar(torch.ones_like(height), s.phase_per_m[:, None, None] * height[None])
+        src = src_all.reshape(total, n, n)
+        hc = s.h.conj()
+        chunk = s.chunk_for(total)
+        ws = torch.zeros(chunk, m, m, dtype=torch.complex64, device=height.device)
+        gh = torch.zeros(ww, n, n, dtype=torch.float32, device=height.device)
+        widx = torch.arange(total, device=height.device) % ww
+        for a in range(0, total, chunk):
+            b = min(total, a + chunk)
+            c = b - a
+            buf = ws[:c]
+            buf.zero_()
+            # dL/du* (torch convention): 2 u dL/dI on the window, zero elsewhere
+            buf[:, cy[:, None], cy[None, :]] = 2.0 * _unbin(gi[a:b], g.bin) * saved[a:b]
+            torch.fft.fft2(buf, out=buf)
+            buf.mul_(hc[widx[a:b]])
+            torch.fft.ifft2(buf, out=buf)
+            u0 = src[a:b] * t[widx[a:b]]
+            # U = src·exp(i a h): dL/dh = a · Im(conj(U) · gU)
+            contrib = (u0.conj() * buf[:, :n, :n]).imag
+            gh.index_add_(0, widx[a:b], contrib)
+        grad_h = (gh * s.phase_per_m[:, None, None]).sum(0)
+        return grad_h, None, None
+
+
+def sensor_psf(system: OpticalSystem, height: torch.Tensor) -> torch.Tensor:
+    """Convenience: PSF stack for a height map given as any array-like (N, N) in metres."""
+    return system.psf(torch.as_tensor(height, dtype=torch.float32))

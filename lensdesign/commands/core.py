@@ -58,7 +58,8 @@ def check_spec(spec: Spec) -> Table:
     idx = spec.refractive_indices
     t.add_row("wavelengths (n)", ", ".join(f"{w * 1e9:.0f} nm ({n:.4f})" for w, n in zip(spec.wavelengths, idx, strict=True)))
     t.add_row("material / max height", f"{spec.material_name} / {fmt_len(spec.max_height_m)}")
-    t.add_row("depths", ", ".join(fmt_len(z) for z in spec.depths_m) + f"  (focus of reference lenses: {fmt_len(spec.focus_depth_m)})")
+    depths = ", ".join(fmt_len(z) for z in spec.depths_m)
+    t.add_row("depths", f"{depths}  (focus of reference lenses: {fmt_len(spec.focus_depth_m)})")
     a, b = spec.diopter_range
     pf = 0.0 if math.isinf(spec.focus_depth_m) else 1 / spec.focus_depth_m
     w020 = (o.aperture / 2) ** 2 * max(abs(a - pf), abs(b - pf)) / 2
@@ -172,7 +173,7 @@ def register(app: typer.Typer) -> None:
             import tifffile
 
             desc = json.dumps({"axes": "depth,wavelength,y,x", "depths_m": [None if math.isinf(z) else z for z in depths],
-                               "wavelengths_m": wls.tolist(), "pitch_m": pitch, "shape": list(p.shape)})
+                               "wavelengths_m": wls.tolist(), "pitch_m": pitch, "psf_shape": list(p.shape)})
             px_per_cm = 1e-2 / pitch
             tifffile.imwrite(buf, p.reshape(-1, *p.shape[2:]), description=desc, resolution=(px_per_cm, px_per_cm),
                              resolutionunit="CENTIMETER", metadata=None)

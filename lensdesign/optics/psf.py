@@ -152,8 +152,8 @@ class OpticalSystem:
         # Crop: the on-axis fine pixel (index n//2, since the input sits at [0:n] of the padded grid) at the
         # centre of the central sensor pixel; indices wrap around the circular grid.
         k = g.window_fine
-        start = n // 2 - (g.psf_size // 2) * g.bin - g.bin // 2
-        self.crop = (torch.arange(k, device=self.device) + start) % m
+        self.crop_start = (n // 2 - (g.psf_size // 2) * g.bin - g.bin // 2) % m
+        self.crop = (torch.arange(k, device=self.device) + self.crop_start) % m
         self.chunk_bytes = chunk_bytes
 
     def source_waves(self, depths: list[float]) -> torch.Tensor:
@@ -167,7 +167,9 @@ class OpticalSystem:
         return src.to(self.device)
 
     def chunk_for(self, total: int) -> int:
-        """PSFs computed per FFT batch so that the workspace stays within `chunk_bytes`."""
+        """PSFs computed per FFT batch so that the (m, m) complex64 temporaries stay within `chunk_bytes`."""
+        if self.device.type == "cpu":
+            return 1
         return max(1, min(total, self.chunk_bytes // (self.grid.m * self.grid.m * 8)))
 
     @property
@@ -197,39 +199,72 @@ def _unbin(g: torch.Tensor, b: int) -> torch.Tensor:
     return g.repeat_interleave(b, dim=-2).repeat_interleave(b, dim=-1)
 
 
+def _take(x: torch.Tensor, dim: int, start: int, k: int) -> torch.Tensor:
+    """k consecutive entries along `dim` from `start`, wrapping around the circular grid."""
+    m = x.shape[dim]
+    if 0 <= start and start + k <= m:
+        return x.narrow(dim, start, k)
+    idx = (torch.arange(k, device=x.device) + start) % m
+    return x.index_select(dim, idx)
+
+
+def _put(k_block: torch.Tensor, dim: int, start: int, m: int) -> torch.Tensor:
+    """Adjoint of `_take`: a zero tensor of length m along `dim` with `k_block` placed from `start` (wrapping)."""
+    shape = list(k_block.shape)
+    k = shape[dim]
+    shape[dim] = m
+    out = k_block.new_zeros(shape)
+    if 0 <= start and start + k <= m:
+        out.narrow(dim, start, k).copy_(k_block)
+    else:
+        idx = (torch.arange(k, device=k_block.device) + start) % m
+        out.index_copy_(dim, idx, k_block)
+    return out
+
+
+def _forward_field(u0: torch.Tensor, h: torch.Tensor, m: int, start: int, k: int) -> torch.Tensor:
+    """Propagate u0 (c, N, N) zero-padded to (m, m) with transfer function h (m, m); return the (c, k, k) window."""
+    f = torch.fft.fft2(u0, s=(m, m))
+    f.mul_(h)
+    u = torch.fft.ifft2(f)
+    return _take(_take(u, -2, start, k), -1, start, k)
+
+
+def _adjoint_field(gu: torch.Tensor, hc: torch.Tensor, m: int, n: int, start: int) -> torch.Tensor:
+    """Adjoint of `_forward_field`: window gradient (c, k, k) → element-plane gradient (c, N, N)."""
+    f = torch.fft.fft2(_put(_put(gu, -1, start, m), -2, start, m))
+    f.mul_(hc)
+    return torch.fft.ifft2(f)[..., :n, :n]
+
+
 class PSFStack(torch.autograd.Function):
-    """Height map (N, N) → PSF stack (D, W, P, P), with the adjoint propagation written out."""
+    """Height map (N, N) → PSF stack (D, W, P, P), with the adjoint propagation written out.
+
+    Forward and backward each cost one padded fft2+ifft2 pair per PSF, computed per wavelength in chunks of
+    depths: one PSF at a time on the CPU (temporaries stay in cache-friendly, reused allocations; measured
+    faster than batching, whose large allocations are page-faulted on every call), batched on a GPU.
+    """
 
     @staticmethod
     def forward(ctx, height: torch.Tensor, system: OpticalSystem, src_all: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         s = system
         g = s.grid
         dd, ww = src_all.shape[0], src_all.shape[1]
-        total = dd * ww
-        n, m = g.n, g.m
-        cy = s.crop
-        # Element transmission per wavelength, computed once: (W, N, N)
-        t = torch.polar(torch.ones_like(height), s.phase_per_m[:, None, None] * height[None])
-        src = src_all.reshape(total, n, n)
-        out = torch.empty(total, g.psf_size, g.psf_size, dtype=torch.float32, device=height.device)
-        saved = torch.empty(total, g.window_fine, g.window_fine, dtype=torch.complex64, device=height.device)
-        chunk = s.chunk_for(total)
-        ws = torch.empty(chunk, m, m, dtype=torch.complex64, device=height.device)
-        widx = torch.arange(total, device=height.device) % ww
-        for a in range(0, total, chunk):
-            b = min(total, a + chunk)
-            c = b - a
-            buf = ws[:c]
-            u0 = src[a:b] * t[widx[a:b]]
-            torch.fft.fft2(u0, s=(m, m), out=buf)
-            buf.mul_(s.h[widx[a:b]])
-            torch.fft.ifft2(buf, out=buf)
-            uc = buf[:, cy[:, None], cy[None, :]]
-            saved[a:b] = uc
-            out[a:b] = _bin(uc.real.square() + uc.imag.square(), g.bin)
+        m, k = g.m, g.window_fine
+        start = s.crop_start
+        t = torch.polar(torch.ones_like(height), s.phase_per_m[:, None, None] * height[None])  # (W, N, N)
+        out = torch.empty(dd, ww, g.psf_size, g.psf_size, dtype=torch.float32, device=height.device)
+        saved = torch.empty(dd, ww, k, k, dtype=torch.complex64, device=height.device)
+        chunk = s.chunk_for(dd)
+        for w in range(ww):
+            for a in range(0, dd, chunk):
+                b = min(dd, a + chunk)
+                u = _forward_field(src_all[a:b, w] * t[w], s.h[w], m, start, k)
+                saved[a:b, w] = u
+                out[a:b, w] = _bin(u.abs().square_(), g.bin)
         ctx.system = s
         ctx.save_for_backward(height, saved, src_all)
-        return out.reshape(dd, ww, g.psf_size, g.psf_size)
+        return out
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor) -> tuple[torch.Tensor, None, None]:  # type: ignore[override]
@@ -237,32 +272,22 @@ class PSFStack(torch.autograd.Function):
         height, saved, src_all = ctx.saved_tensors
         g = s.grid
         dd, ww = src_all.shape[0], src_all.shape[1]
-        total = dd * ww
         n, m = g.n, g.m
-        cy = s.crop
-        gi = grad_out.reshape(total, g.psf_size, g.psf_size).to(torch.float32)
+        start = s.crop_start
+        gi = grad_out.to(torch.float32)
         t = torch.polar(torch.ones_like(height), s.phase_per_m[:, None, None] * height[None])
-        src = src_all.reshape(total, n, n)
-        hc = s.h.conj()
-        chunk = s.chunk_for(total)
-        ws = torch.zeros(chunk, m, m, dtype=torch.complex64, device=height.device)
-        gh = torch.zeros(ww, n, n, dtype=torch.float32, device=height.device)
-        widx = torch.arange(total, device=height.device) % ww
-        for a in range(0, total, chunk):
-            b = min(total, a + chunk)
-            c = b - a
-            buf = ws[:c]
-            buf.zero_()
-            # dL/du* (torch convention): 2 u dL/dI on the window, zero elsewhere
-            buf[:, cy[:, None], cy[None, :]] = 2.0 * _unbin(gi[a:b], g.bin) * saved[a:b]
-            torch.fft.fft2(buf, out=buf)
-            buf.mul_(hc[widx[a:b]])
-            torch.fft.ifft2(buf, out=buf)
-            u0 = src[a:b] * t[widx[a:b]]
-            # U = src·exp(i a h): dL/dh = a · Im(conj(U) · gU)
-            contrib = (u0.conj() * buf[:, :n, :n]).imag
-            gh.index_add_(0, widx[a:b], contrib)
-        grad_h = (gh * s.phase_per_m[:, None, None]).sum(0)
+        grad_h = torch.zeros(n, n, dtype=torch.float32, device=height.device)
+        chunk = s.chunk_for(dd)
+        for w in range(ww):
+            hc = s.h[w].conj()
+            for a in range(0, dd, chunk):
+                b = min(dd, a + chunk)
+                # dL/du* (torch convention): 2 u dL/dI on the window
+                gu = 2.0 * _unbin(gi[a:b, w], g.bin) * saved[a:b, w]
+                gU = _adjoint_field(gu, hc, m, n, start)
+                # U = src·exp(i a h): dL/dh = a · Im(conj(U) · gU)
+                u0 = src_all[a:b, w] * t[w]
+                grad_h += s.phase_per_m[w] * (u0.conj() * gU).imag.sum(0)
         return grad_h, None, None
 
 

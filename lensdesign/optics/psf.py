@@ -154,6 +154,11 @@ class OpticalSystem:
         k = g.window_fine
         self.crop_start = (n // 2 - (g.psf_size // 2) * g.bin - g.bin // 2) % m
         self.crop = (torch.arange(k, device=self.device) + self.crop_start) % m
+        # The same transfer functions with the window moved to the grid corner (shift theorem), so that the
+        # forward pass crops with a slice and the adjoint is a plain zero-padded FFT.
+        f = torch.fft.fftfreq(m, dtype=torch.float64)
+        ramp = torch.polar(torch.ones(m, dtype=torch.float64), 2 * math.pi * f * self.crop_start)
+        self.h_window = (self.h.cpu().to(torch.complex128) * (ramp[:, None] * ramp[None, :])).to(torch.complex64).to(self.device)
         self.chunk_bytes = chunk_bytes
 
     def source_waves(self, depths: list[float]) -> torch.Tensor:
@@ -199,41 +204,20 @@ def _unbin(g: torch.Tensor, b: int) -> torch.Tensor:
     return g.repeat_interleave(b, dim=-2).repeat_interleave(b, dim=-1)
 
 
-def _take(x: torch.Tensor, dim: int, start: int, k: int) -> torch.Tensor:
-    """k consecutive entries along `dim` from `start`, wrapping around the circular grid."""
-    m = x.shape[dim]
-    if 0 <= start and start + k <= m:
-        return x.narrow(dim, start, k)
-    idx = (torch.arange(k, device=x.device) + start) % m
-    return x.index_select(dim, idx)
+def _forward_field(u0: torch.Tensor, hf: torch.Tensor, m: int, k: int) -> torch.Tensor:
+    """Propagate u0 (c, N, N), zero-padded to (m, m), with the window-shifted transfer function hf (m, m).
 
-
-def _put(k_block: torch.Tensor, dim: int, start: int, m: int) -> torch.Tensor:
-    """Adjoint of `_take`: a zero tensor of length m along `dim` with `k_block` placed from `start` (wrapping)."""
-    shape = list(k_block.shape)
-    k = shape[dim]
-    shape[dim] = m
-    out = k_block.new_zeros(shape)
-    if 0 <= start and start + k <= m:
-        out.narrow(dim, start, k).copy_(k_block)
-    else:
-        idx = (torch.arange(k, device=k_block.device) + start) % m
-        out.index_copy_(dim, idx, k_block)
-    return out
-
-
-def _forward_field(u0: torch.Tensor, h: torch.Tensor, m: int, start: int, k: int) -> torch.Tensor:
-    """Propagate u0 (c, N, N) zero-padded to (m, m) with transfer function h (m, m); return the (c, k, k) window."""
+    Returns the (c, k, k) PSF window, which `hf` has moved to the corner of the grid.
+    """
     f = torch.fft.fft2(u0, s=(m, m))
-    f.mul_(h)
-    u = torch.fft.ifft2(f)
-    return _take(_take(u, -2, start, k), -1, start, k)
+    f.mul_(hf)
+    return torch.fft.ifft2(f)[..., :k, :k]
 
 
-def _adjoint_field(gu: torch.Tensor, hc: torch.Tensor, m: int, n: int, start: int) -> torch.Tensor:
+def _adjoint_field(gu: torch.Tensor, hf: torch.Tensor, m: int, n: int) -> torch.Tensor:
     """Adjoint of `_forward_field`: window gradient (c, k, k) → element-plane gradient (c, N, N)."""
-    f = torch.fft.fft2(_put(_put(gu, -1, start, m), -2, start, m))
-    f.mul_(hc)
+    f = torch.fft.fft2(gu, s=(m, m))
+    f.mul_(hf.conj())
     return torch.fft.ifft2(f)[..., :n, :n]
 
 
@@ -251,7 +235,6 @@ class PSFStack(torch.autograd.Function):
         g = s.grid
         dd, ww = src_all.shape[0], src_all.shape[1]
         m, k = g.m, g.window_fine
-        start = s.crop_start
         t = torch.polar(torch.ones_like(height), s.phase_per_m[:, None, None] * height[None])  # (W, N, N)
         out = torch.empty(dd, ww, g.psf_size, g.psf_size, dtype=torch.float32, device=height.device)
         saved = torch.empty(dd, ww, k, k, dtype=torch.complex64, device=height.device)
@@ -259,7 +242,7 @@ class PSFStack(torch.autograd.Function):
         for w in range(ww):
             for a in range(0, dd, chunk):
                 b = min(dd, a + chunk)
-                u = _forward_field(src_all[a:b, w] * t[w], s.h[w], m, start, k)
+                u = _forward_field(src_all[a:b, w] * t[w], s.h_window[w], m, k)
                 saved[a:b, w] = u
                 out[a:b, w] = _bin(u.abs().square_(), g.bin)
         ctx.system = s
@@ -273,21 +256,22 @@ class PSFStack(torch.autograd.Function):
         g = s.grid
         dd, ww = src_all.shape[0], src_all.shape[1]
         n, m = g.n, g.m
-        start = s.crop_start
         gi = grad_out.to(torch.float32)
         t = torch.polar(torch.ones_like(height), s.phase_per_m[:, None, None] * height[None])
         grad_h = torch.zeros(n, n, dtype=torch.float32, device=height.device)
+        acc = torch.empty(n, n, dtype=torch.complex64, device=height.device)
         chunk = s.chunk_for(dd)
         for w in range(ww):
-            hc = s.h[w].conj()
+            acc.zero_()
             for a in range(0, dd, chunk):
                 b = min(dd, a + chunk)
                 # dL/du* (torch convention): 2 u dL/dI on the window
-                gu = 2.0 * _unbin(gi[a:b, w], g.bin) * saved[a:b, w]
-                gU = _adjoint_field(gu, hc, m, n, start)
-                # U = src·exp(i a h): dL/dh = a · Im(conj(U) · gU)
-                u0 = src_all[a:b, w] * t[w]
-                grad_h += s.phase_per_m[w] * (u0.conj() * gU).imag.sum(0)
+                gu = _unbin(gi[a:b, w], g.bin).mul_(2.0) * saved[a:b, w]
+                g_u0 = _adjoint_field(gu, s.h_window[w], m, n)
+                # Σ_d conj(src_d) · gU_d; the element factor conj(t_w) is applied once per wavelength below
+                acc += (src_all[a:b, w].conj() * g_u0).sum(0)
+            # U = src·t, t = exp(i a h): dL/dh = a · Im(conj(U) · gU) = a · Im(conj(t) · Σ conj(src) gU)
+            grad_h += s.phase_per_m[w] * (t[w].conj() * acc).imag
         return grad_h, None, None
 
 

@@ -337,12 +337,12 @@ def test_cubic_baseline_exports_and_refuses_to_overwrite(tmp_path: Path, tiny_sp
     (["--stl", "--field", "500 parsecs"], "--field"),
     (["--process", "laser"], "--process"),
 ])
-def test_user_errors_are_one_line_exit_2(baseline_run: Path, cli, args: list[str], word: str) -> None:
-    r = cli("export", baseline_run, *args)
+def test_user_errors_are_one_line_exit_2(fresnel_export: Path, tmp_path: Path, cli, args: list[str], word: str) -> None:
+    r = cli("export", fresnel_export, "--out", tmp_path / "x", *args)
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and word in lines[0] and "Traceback" not in r.stderr
-    assert not (baseline_run / "export").exists()
+    assert not (tmp_path / "x").exists()
 
 
 def test_missing_run_dir_and_strict_violations(tmp_path: Path, tiny_spec_dict: dict, cli) -> None:
@@ -357,6 +357,24 @@ def test_missing_run_dir_and_strict_violations(tmp_path: Path, tiny_spec_dict: d
     assert "violation" in r.stdout and "smallest feature" in r.stdout
     rules = json.loads((run / "export" / "tiny.rules.json").read_text())
     assert rules["violations"] and rules["masks"][0]["features_below_min"] > 0
+
+
+def test_two_photon_defaults_to_tiff_and_stl_and_lut_errors_write_nothing(tmp_path: Path) -> None:
+    from lensdesign.errors import LensdesignError
+    from lensdesign.fabrication.export import ExportOptions, export_run
+
+    run = make_radial_run(tmp_path / "run", 6e-6, process="two_photon", levels=16)
+    lut = tmp_path / "short.csv"
+    lut.write_text("0,0\n500,255\n")  # does not reach the top level
+    with pytest.raises(LensdesignError, match="--lut"):
+        export_run(run, ExportOptions(tiff=True, lut=lut))
+    assert not (run / "export").exists()
+    res = export_run(run, ExportOptions(field_m=150e-6))
+    names = set(res.files)
+    assert {"tiny.height.tiff", "tiny.levels.tiff", "tiny.rules.json"} <= names and "tiny.gds" not in names
+    assert sum(n.endswith(".stl") for n in names) == 4  # 64 px at 4 um in 150 um fields: 2 × 2
+    assert "not applicable" in res.rules["misalignment"]["note"]
+    assert res.rules["plateaus"]["min_feature_m"] >= 4e-6
 
 
 # ---- units ------------------------------------------------------------------------------------------------------

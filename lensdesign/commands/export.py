@@ -131,8 +131,10 @@ def register(app: typer.Typer) -> None:
         res = export_run(run, opts)
         console.print(rules_table(res.rules))
         console.print(summary_table(res.rules))
+        for w in res.warnings:
+            console.print(f"[yellow]warning[/yellow]: {w}")
         for v in res.violations:
-            console.print(f"[yellow]violation[/yellow]: {v}")
+            console.print(f"[red]violation[/red]: {v}")
         console.print(f"wrote {len(res.files)} file(s) to {res.out} in {res.timings['total_s']:.1f} s")
         if res.violations and strict:
             print(f"error: {len(res.violations)} design-rule violation(s); --strict makes them an error", file=sys.stderr)

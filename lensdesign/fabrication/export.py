@@ -61,6 +61,7 @@ class ExportResult:
     files: dict[str, int]  # file name → bytes
     rules: dict[str, Any]
     violations: list[str]
+    warnings: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -204,6 +205,7 @@ def export_run(run: str | Path, opts: ExportOptions) -> ExportResult:
     if out.exists() and not out.is_dir():
         raise LensdesignError(f"--out: {out} is a file; give a folder")
 
+    grey_table = grey_levels(lut[0], lut[1], np.arange(levels) * step, str(opts.lut)) if lut is not None else None
     t0 = time.perf_counter()
     lm = level_map(spec, design, levels, opts.arc_tolerance_m)
     timings["quantize_s"] = time.perf_counter() - t0
@@ -223,9 +225,7 @@ def export_run(run: str | Path, opts: ExportOptions) -> ExportResult:
                    {**desc, "content": "quantized height (m), float32: level index × level_height_m"})
         write_tiff(paths["levels"], lv.astype(level_dtype(levels)), pitch,
                    {**desc, "content": "level index (0 … levels-1); height = index × level_height_m"})
-    grey_table = None
-    if lut is not None:
-        grey_table = grey_levels(lut[0], lut[1], np.arange(levels) * step, str(opts.lut))
+    if grey_table is not None:
         write_tiff(paths["grey"], grey_table[lv], pitch,
                    {**desc, "content": "8-bit grey value per pixel from the dose curve", "lut": str(opts.lut),
                     "grey_per_level": grey_table.tolist()})
@@ -285,6 +285,7 @@ def export_run(run: str | Path, opts: ExportOptions) -> ExportResult:
     min_feat = spec.fabrication.min_feature
     limit_px = (min_feat / pitch) if min_feat else 0.0
     violations: list[str] = []
+    warnings: list[str] = []
     rules: dict[str, Any] = {
         "name": name, "run": str(r.path), "process": process, "levels": levels, "max_height_m": max_h,
         "level_height_m": step, "pitch_m": pitch, "grid": n, "material": desc["material"],
@@ -347,7 +348,7 @@ def export_run(run: str | Path, opts: ExportOptions) -> ExportResult:
                     violations.append(f"mask {j + 1}: smallest gap {gap * 1e6:.3g} um < fabrication.min_feature "
                                       f"{min_feat * 1e6:.3g} um")
             if not m.any():
-                violations.append(f"mask {j + 1}: empty (no pixel uses bit {j}); check the design and --levels")
+                warnings.append(f"mask {j + 1}: empty (no pixel uses bit {j}); check the design and --levels")
             mask_rows.append(row)
             layers[str(j + 1)] = f"mask {j + 1}: bit {j}, etch {depths[j] * 1e9:.2f} nm (+ alignment marks)"
         rules["masks"] = mask_rows
@@ -401,10 +402,12 @@ def export_run(run: str | Path, opts: ExportOptions) -> ExportResult:
     files = {p.name: p.stat().st_size for p in [*paths.values(), *stl_paths]}
     rules["files"] = files
     rules["violations"] = violations
+    rules["warnings"] = warnings
     timings["total_s"] = time.perf_counter() - t_start
     rules["timings_s"] = {k: round(v, 3) for k, v in timings.items()}
     atomic_write_json(rules_path, _jsonable(rules))
-    return ExportResult(out, name, {**files, rules_path.name: rules_path.stat().st_size}, rules, violations, timings)
+    return ExportResult(out, name, {**files, rules_path.name: rules_path.stat().st_size}, rules, violations, warnings,
+                        timings)
 
 
 def _layout_shapes(lm: LevelMap, process: str, levels: int, pitch: float, masks: list[np.ndarray],

@@ -176,3 +176,22 @@ def test_report_errors_are_one_line(cli, tmp_path, single_report):
     assert r.stderr.startswith("error:") and "not a run directory" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     r = cli("report", single_report, "--mtf-frequency", "-3")
     assert r.returncode == 2 and "--mtf-frequency" in r.stderr
+
+
+def test_report_without_evaluate_or_monte_carlo_degrades_gracefully(single_report, tmp_path, monkeypatch):
+    """No summary.json and no lensdesign.evaluate: optics and fabrication optics only, with notes on the page."""
+    from lensdesign.analysis import report as R
+
+    monkeypatch.setattr(R, "_evaluate_module", lambda: None)
+    rep = R.build_report(single_report, R.ReportSettings(out=tmp_path / "r", samples=0, device="cpu"))
+    assert rep["image_quality"] == {} and rep["image_quality_source"] == "unavailable"
+    assert any("image quality" in n for n in rep["notes"]) and any("fabrication" in n for n in rep["notes"])
+    fab = rep["fabrication"]
+    assert fab["continuous_psnr_db"] is None and fab["as_built"]["psnr_db_mean"] is None
+    assert fab["as_built"]["strehl_mean"] is None and fab["as_built"]["samples"] == 0
+    assert isinstance(fab["quantized_strehl_mean"], float)
+    names = {p.name for p in (tmp_path / "r").glob("*.png")}
+    assert "examples.png" not in names and "fabrication.png" not in names and "mtf.png" in names
+    page = (tmp_path / "r" / "index.html").read_text()
+    assert "Image quality not available" in page
+    strict_json(tmp_path / "r" / "report.json")

@@ -17,7 +17,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
 
-DPI = 110
+DPI = 100
 STYLE = {
     "font.size": 10,
     "axes.titlesize": 11,
@@ -93,7 +93,7 @@ def composite_channels(wavelengths: Sequence[float]) -> np.ndarray:
 def to_png(fig: Figure) -> bytes:
     """Render and close a figure."""
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight", pad_inches=0.15)
+    fig.savefig(buf, format="png", dpi=DPI)
     plt.close(fig)
     return buf.getvalue()
 
@@ -114,17 +114,21 @@ def height_figure(height: np.ndarray, quantized: np.ndarray, pitch: float, level
         n = height.shape[0]
         half = n * pitch / 2 * 1e3
         ext = (-half, half, -half, half)
-        fig = plt.figure(figsize=(11, 8.2))
-        gs = fig.add_gridspec(2, 2, height_ratios=[1.35, 1], hspace=0.35, wspace=0.25)
+        fig = plt.figure(figsize=(11, 8.2), layout="constrained")
+        gs = fig.add_gridspec(2, 2, height_ratios=[1.35, 1])
         vmax = max_height * 1e6
+        im = None
+        maps = []
         for k, (h, title) in enumerate(((height, "continuous"), (quantized, f"quantized to {levels} levels"))):
             ax = fig.add_subplot(gs[0, k])
-            im = ax.imshow(h * 1e6, extent=ext, origin="lower", cmap="viridis", vmin=0, vmax=vmax, interpolation="nearest")
+            im = ax.imshow(h * 1e6, extent=ext, origin="lower", cmap="viridis", vmin=0, vmax=vmax,
+                           interpolation="antialiased")
             ax.set_title(f"height map, {title}")
             ax.set_xlabel("x (mm)")
             ax.set_ylabel("y (mm)")
-            cb = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03)
-            cb.set_label("height (µm)")
+            maps.append(ax)
+        cb = fig.colorbar(im, ax=maps, shrink=0.9)
+        cb.set_label("height (µm)")
         ax = fig.add_subplot(gs[1, :])
         x = (np.arange(n) - n // 2) * pitch * 1e3
         ax.plot(x, height[n // 2] * 1e6, color="#1f77b4", lw=1.0, label="continuous")
@@ -221,7 +225,8 @@ def mtf_figure(freq_cyc_per_mm: np.ndarray, mtf: np.ndarray, depths: Sequence[fl
         nrow = math.ceil(d / ncol)
         fig, axes = plt.subplots(nrow, ncol, figsize=(4.6 * ncol, 3.5 * nrow + 0.9), squeeze=False, layout="constrained")
         cols = line_colors(wavelengths)
-        fmax = float(max(cutoffs_cyc_per_mm))
+        fc_max = float(max(cutoffs_cyc_per_mm))
+        fmax = min(1.02 * fc_max, max(3.0 * sensor_nyquist_cyc_per_mm, 0.3 * fc_max))
         for i in range(nrow * ncol):
             ax = axes[i // ncol, i % ncol]
             if i >= d:
@@ -238,9 +243,9 @@ def mtf_figure(freq_cyc_per_mm: np.ndarray, mtf: np.ndarray, depths: Sequence[fl
                     ax.plot(cuts[0], cuts[1][i, j], color=cols[j], lw=0.8, ls=":")
                     ax.plot(cuts[0], cuts[2][i, j], color=cols[j], lw=0.8, ls="-.")
             ax.axvline(sensor_nyquist_cyc_per_mm, color="k", lw=0.8, ls=":")
-            ax.text(sensor_nyquist_cyc_per_mm, 1.06, f"sensor Nyquist {sensor_nyquist_cyc_per_mm:.3g} ", fontsize=8,
-                    va="top", ha="right")
-            ax.set_xlim(0, fmax * 1.02)
+            ax.text(sensor_nyquist_cyc_per_mm, 1.06, f" sensor Nyquist {sensor_nyquist_cyc_per_mm:.3g}", fontsize=8,
+                    va="top", ha="left")
+            ax.set_xlim(0, fmax)
             ax.set_ylim(0, 1.08)
             ax.set_title(f"z = {depth_label(depths[i])}")
             ax.set_xlabel("spatial frequency (cycles/mm)")
@@ -316,14 +321,15 @@ def psf_metrics_figure(depths: Sequence[float], wavelengths: Sequence[float], st
             axes[2].plot(x, fwhm[:, j] * 1e6, marker="o", color=cols[j], label=lab)
             axes[2].axhline(airy_fwhm[j] * 1e6, color=cols[j], ls="--", lw=0.8)
         axes[0].set_ylabel("Strehl ratio")
-        axes[0].set_ylim(0, max(1.05, float(np.nanmax(strehl)) * 1.05))
+        axes[0].set_ylim(0, min(1.05, max(0.1, 1.15 * float(np.nanmax(strehl)))))
         axes[1].set_ylabel("80 % encircled-energy radius (µm)")
         axes[2].set_ylabel("FWHM (µm)")
         for ax, t in zip(axes, ("Strehl ratio", "80 % encircled energy (dashed: Airy)", "FWHM (dashed: Airy)"), strict=True):
             _depth_axes(ax, depths)
             ax.set_title(t, pad=8)
             ax.grid(alpha=0.3)
-            ax.set_ylim(bottom=0)
+            if ax is not axes[0]:
+                ax.set_ylim(bottom=0)
         axes[0].legend()
         return to_png(fig)
 
@@ -417,8 +423,11 @@ def fabrication_figure(strehl_samples: np.ndarray, strehl_cont: float, strehl_qu
         for ax, s, c, q, lab in panels:
             vals = [float(v) for v in (*s, c, q) if v is not None]
             lo, hi = min(vals), max(vals)
-            pad = max(0.1 * (hi - lo), 1e-3 * max(abs(hi), 1e-9), 1e-6)
-            ax.hist(s, bins=max(5, min(20, len(s) // 2)), range=(lo - pad, hi + pad), color="#7f7f7f", alpha=0.7,
+            pad = max(0.08 * (hi - lo), 1e-3 * max(abs(hi), 1e-9), 1e-6)
+            s_lo, s_hi = float(np.min(s)), float(np.max(s))
+            if s_hi - s_lo < 1e-12:
+                s_lo, s_hi = s_lo - pad / 4, s_hi + pad / 4
+            ax.hist(s, bins=max(4, min(12, len(s) // 2)), range=(s_lo, s_hi), color="#7f7f7f", alpha=0.7,
                     label=f"as built ({len(s)} samples)")
             ax.set_xlim(lo - pad, hi + pad)
             if c is not None:

@@ -45,7 +45,7 @@ class ReportSettings:
 
     out: Path | None = None
     mtf_frequency: float | None = None
-    samples: int = 12
+    samples: int = 10
     seed: int = 0
     device: str = "cpu"
     through_depth_points: int = 13
@@ -735,8 +735,11 @@ def render_html(ctx: ReportContext, rep: dict[str, Any], figs: dict[str, bytes],
     sym = f"rotationally symmetric (spread over orientations below {ASYMMETRY_LIMIT})" if rep["mtf_rotationally_symmetric"] else \
         "not rotationally symmetric: the band shows the range over orientations, dotted / dash-dotted the sagittal " \
         "(along x) and tangential (along y) MTF"
+    f_show = min(1.02 * max(d["cutoff_cyc_per_mm"] for d in rep["diffraction_limit"]),
+                 max(3 * rep["sensor_nyquist_cyc_per_mm"], 0.3 * max(d["cutoff_cyc_per_mm"] for d in rep["diffraction_limit"])))
     parts.append(_img(figs, "mtf.png", f"Radially averaged MTF per depth and wavelength (solid), diffraction-limited "
-                      f"MTF (dashed) and the sensor Nyquist frequency (dotted). The design is {sym}."))
+                      f"MTF (dashed) and the sensor Nyquist frequency (dotted), shown up to {f_show:.4g} cycles/mm "
+                      f"(report.json holds the curves up to the cutoff). The design is {sym}."))
     td = rep["through_depth_mtf"]
     parts.append(_img(figs, "through-depth-mtf.png",
                       f"MTF at {td['frequency_cyc_per_mm']:.4g} cycles/mm against depth for the design and the "
@@ -781,7 +784,7 @@ def render_html(ctx: ReportContext, rep: dict[str, Any], figs: dict[str, bytes],
                                                for r in first]
         parts.append(_table(head, rowsq))
         parts.append(_img(figs, "examples.png", "One validation image: sensor image and reconstruction per design and "
-                          "depth (PSNR of the reconstruction in the title)."))
+                          "depth (in the title: PSNR of this reconstruction against the ground truth, whole image)."))
     else:
         parts.append("<p class=note>Image quality not available for this run (no summary.json and no "
                      "lensdesign.evaluate).</p>")
@@ -802,7 +805,10 @@ def render_html(ctx: ReportContext, rep: dict[str, Any], figs: dict[str, bytes],
     ]
     parts.append(_table(["", "continuous", "quantized", "as built"], frows))
     parts.append("<p class=muted>Measured efficiency: energy within 1.22 λN of the continuous design's peak, quantized "
-                 "(or as built) over continuous, averaged over depths and wavelengths.</p>")
+                 "(or as built) over continuous, averaged over depths and wavelengths. PSNR here: computed by the report "
+                 "with lensdesign.evaluate on the same validation images and one Wiener γ (the design's) for the "
+                 "continuous, quantized and as-built elements, so the three are comparable; it can differ slightly from "
+                 "the image-quality section when that comes from summary.json.</p>")
     parts.append(_img(figs, "fabrication.png", "Spread of the as-built Strehl ratio and PSNR over the Monte Carlo samples."))
     tim = ", ".join(f"{k} {v:.1f} s" for k, v in rep["timings_s"].items())
     parts.append(f"<p class=muted>timings: {e(tim)}. Numbers: report.json beside this page.</p>")

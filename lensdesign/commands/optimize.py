@@ -1,0 +1,216 @@
+"""Commands `optimize` (end-to-end design of the element and the Wiener filter) and `simulate` (image a picture
+through a run's design)."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from lensdesign.errors import LensdesignError
+from lensdesign.spec import Spec, load_spec
+
+console = Console()
+
+RUN_FILES = ("spec.yaml", "design.safetensors", "design.json", "metrics.jsonl", "summary.json", "checkpoint.safetensors")
+RUN_DIRS = ("export", "report", "tensorboard")
+
+
+def _resolve_images(spec: Spec, spec_path: Path) -> Spec:
+    """Make a relative `training.images` folder absolute (relative to the working folder, else to the spec file)."""
+    src = spec.training.images
+    if src == "builtin" or Path(src).expanduser().is_absolute():
+        return spec
+    for base in (Path.cwd(), spec_path.resolve().parent):
+        p = (base / src).expanduser()
+        if p.is_dir():
+            spec.training.images = str(p.resolve())
+            return spec
+    raise LensdesignError(f"training.images: no folder {src!r} (looked in {Path.cwd()} and {spec_path.resolve().parent}); "
+                          "give a folder of jpg/png/tiff images or 'builtin'")
+
+
+def _is_run(path: Path) -> bool:
+    return path.is_dir() and any((path / f).exists() for f in RUN_FILES)
+
+
+def _clear_run(path: Path) -> None:
+    """Remove the files a previous run left (its design, logs, checkpoint, exports and report)."""
+    for f in RUN_FILES:
+        (path / f).unlink(missing_ok=True)
+    for d in RUN_DIRS:
+        if (path / d).is_dir():
+            shutil.rmtree(path / d)
+
+
+def spec_difference(a: Spec, b: Spec) -> str | None:
+    """First differing field (dotted path) between two specs, ignoring device and time budgets; None if equal."""
+    da, db = a.model_dump(mode="json"), b.model_dump(mode="json")
+    for d in (da, db):
+        for k in ("device", "max_minutes", "checkpoint_minutes"):
+            d["training"].pop(k, None)
+
+    def walk(x: Any, y: Any, path: str) -> str | None:
+        if isinstance(x, dict) and isinstance(y, dict):
+            for k in list(x) + [k for k in y if k not in x]:
+                r = walk(x.get(k), y.get(k), f"{path}.{k}" if path else k)
+                if r:
+                    return r
+            return None
+        return None if x == y else path
+
+    return walk(da, db, "")
+
+
+def _summary_table(summary: dict[str, Any]) -> Table:
+    t = Table(title="held-out images: mean PSNR over depths (dB) / worst depth / SSIM")
+    t.add_column("element")
+    t.add_column("continuous", justify="right")
+    t.add_column(f"quantized ({summary['evaluation']['levels']} levels)", justify="right")
+    t.add_column("γ (tuned)", justify="right")
+
+    def cell(r: dict[str, Any]) -> str:
+        return f"{r['mean_psnr_db']:.2f} / {r['worst_psnr_db']:.2f} / {r['mean_ssim']:.3f}"
+
+    b = summary["baselines"]
+    t.add_row("[bold]optimized design[/bold]", cell(summary["design"]), cell(summary["design_quantized"]),
+              f"{summary['design']['gamma']:.3g}")
+    t.add_row("Fresnel lens", cell(b["fresnel"]), cell(b["fresnel"]["quantized"]), f"{b['fresnel']['gamma']:.3g}")
+    t.add_row(f"cubic plate (α = {b['cubic']['strength_waves']:.3g} waves)", cell(b["cubic"]), cell(b["cubic"]["quantized"]),
+              f"{b['cubic']['gamma']:.3g}")
+    return t
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def optimize(
+        spec: Annotated[Path, typer.Argument(help="spec YAML file")],
+        out: Annotated[Path, typer.Option("--out", help="run directory to write")],
+        steps: Annotated[int | None, typer.Option("--steps", min=0, help="optimization steps (default training.steps)")] = None,
+        seed: Annotated[int | None, typer.Option("--seed", help="random seed (default training.seed)")] = None,
+        device: Annotated[str | None, typer.Option("--device", help="auto | cpu | cuda (default training.device)")] = None,
+        force: Annotated[bool, typer.Option("--force", help="overwrite an existing run directory")] = False,
+        resume: Annotated[bool, typer.Option("--resume", help="continue the run in --out from its last checkpoint")] = False,
+        checkpoint_every: Annotated[int | None, typer.Option("--checkpoint-every", min=1,
+                                                             help="also checkpoint every N steps")] = None,
+        threads: Annotated[int | None, typer.Option("--threads", min=1, help="CPU threads (default 1 on CPU: bit-reproducible "
+                                                    "runs and resumes; more threads are faster on big CPUs)")] = None,
+        no_eval: Annotated[bool, typer.Option("--no-eval", help="skip the final comparison with the baselines")] = False,
+    ) -> None:
+        """Optimize the element and its Wiener filter end to end; compare with the Fresnel lens and a tuned cubic
+        phase plate on held-out images (RUN/summary.json)."""
+        s = _resolve_images(load_spec(spec), spec)
+        if resume and force:
+            raise LensdesignError("--resume and --force: choose one (--force starts the run again, --resume continues it)")
+        if device is not None and device not in ("auto", "cpu", "cuda"):
+            raise LensdesignError(f"--device: {device!r} is not one of auto, cpu, cuda")
+        if resume:
+            if not (out / "checkpoint.safetensors").is_file() or not (out / "spec.yaml").is_file():
+                raise LensdesignError(f"{out}: no checkpoint to resume from; run without --resume")
+            run_spec = load_spec(out / "spec.yaml")
+            for name, given, have in (("--steps", steps, run_spec.training.steps), ("--seed", seed, run_spec.training.seed)):
+                if given is not None and given != have:
+                    raise LensdesignError(f"{name}: the run in {out} was started with {have}; resume with the same value "
+                                          "or start a new run with --force")
+            s.training.steps, s.training.seed = run_spec.training.steps, run_spec.training.seed
+            diff = spec_difference(s, run_spec)
+            if diff:
+                raise LensdesignError(f"{spec}: {diff} differs from the run's spec.yaml in {out}; resume with the same "
+                                      "spec or start a new run with --force")
+            s = run_spec
+        else:
+            if steps is not None:
+                s.training.steps = steps
+            if seed is not None:
+                s.training.seed = seed
+            if out.exists() and not out.is_dir():
+                raise LensdesignError(f"--out: {out} is a file; give a folder for the run")
+            if _is_run(out) and not force:
+                raise LensdesignError(f"{out}: already holds a run; pass --force to overwrite it, --resume to "
+                                      "continue it, or choose another --out")
+        if device is not None:
+            s.training.device = device  # type: ignore[assignment]
+
+        import torch
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        from lensdesign.device import pick_device
+        from lensdesign.optics.psf import plan_grid
+        from lensdesign.optimize import run_optimization
+        from lensdesign.system import check_supported
+
+        check_supported(s)
+        dev = pick_device(s.training.device)
+        g = plan_grid(s)
+        if not resume and _is_run(out):
+            _clear_run(out)
+        if dev.type == "cpu":
+            torch.set_num_threads(threads or 1)
+        elif threads:
+            torch.set_num_threads(threads)
+        nt = torch.get_num_threads()
+        on = f"{dev} ({nt} thread{'s' if nt > 1 else ''})" if dev.type == "cpu" else str(dev)
+        console.print(f"optimize [bold]{s.name}[/bold] ({s.task}): {g.n} × {g.n} element at {g.dx * 1e6:.3g} um, "
+                      f"{len(s.depths_m)} depths × {len(s.wavelengths)} wavelengths, {s.training.steps} steps on {on}")
+        t0 = time.monotonic()
+        columns = [TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("loss {task.fields[loss]}"), TextColumn("val PSNR {task.fields[val]} dB"),
+                   TimeElapsedColumn(), TimeRemainingColumn()]
+        with Progress(*columns, console=console) as bar:
+            task = bar.add_task("optimizing", total=s.training.steps, loss="-", val="-")
+
+            def hook(r: Any, val: float | None, done: int) -> None:
+                bar.update(task, completed=done, loss=f"{r.loss:.3g}" if r else "-", val=f"{val:.2f}" if val is not None else "-")
+
+            try:
+                result = run_optimization(s, out, dev, resume=resume, checkpoint_every=checkpoint_every, progress=hook,
+                                          evaluate=not no_eval, log=lambda m: bar.console.print(m, soft_wrap=True))
+            except KeyboardInterrupt:
+                bar.stop()
+                Console(stderr=True).print(f"interrupted: checkpoint saved; continue with 'lensdesign optimize {spec} "
+                                           f"--out {out} --resume'", soft_wrap=True)
+                raise
+        if result.stopped:
+            console.print(f"[yellow]stopped early[/yellow]: {result.stopped}")
+        if result.summary is not None:
+            console.print(_summary_table(result.summary))
+            gd = result.summary["gain_db"]
+            console.print(f"design vs Fresnel lens {gd['vs_fresnel']:+.2f} dB, vs cubic plate {gd['vs_cubic']:+.2f} dB; "
+                          f"quantization costs {gd['quantization_loss']:.2f} dB")
+        console.print(f"wrote {out} in {time.monotonic() - t0:.0f} s")
+
+    @app.command()
+    def simulate(
+        run: Annotated[Path, typer.Argument(help="run directory")],
+        image: Annotated[Path, typer.Option("--image", help="picture to image (jpg, png, tiff; sRGB)")],
+        out: Annotated[Path, typer.Option("--out", help="folder for sensor.png, recon.png, metrics.json")],
+        depth_m: Annotated[str | None, typer.Option("--depth-m", help="depth of the whole picture in metres (or inf)")] = None,
+        depth_map: Annotated[Path | None, typer.Option("--depth-map", help="depth per pixel in metres, .npy (H, W)")] = None,
+        quantized: Annotated[bool, typer.Option("--quantized", help="use the height map quantized to the levels")] = False,
+        seed: Annotated[int, typer.Option("--seed", help="noise seed")] = 0,
+    ) -> None:
+        """Image a picture through a run's design (one depth, or layers from a depth map), add sensor noise and
+        reconstruct it with the run's Wiener filter; writes sensor.png, recon.png and metrics.json."""
+        if depth_m is not None and depth_map is not None:
+            raise LensdesignError("--depth-m and --depth-map: give one of them (one depth for the whole picture, or a map)")
+        if not image.is_file():
+            raise LensdesignError(f"{image}: no such image file; check the path")
+        if depth_map is not None and not depth_map.is_file():
+            raise LensdesignError(f"--depth-map: {depth_map}: no such file; give a .npy array of depths in metres")
+        from lensdesign.rundir import RunDir
+
+        RunDir(run).require()
+        from lensdesign.evaluate import simulate_picture
+
+        metrics = simulate_picture(run, image, out, depth=depth_m, depth_map=depth_map, quantized=quantized, seed=seed)
+        d = metrics["depth_m"]
+        where = "layers " + ", ".join("inf" if z is None else f"{z:g}" for z in metrics["layers_m"]) if d == "map" else (
+            "inf" if d is None else f"{d:g} m")
+        console.print(f"simulated {image.name} at {where}: sensor {metrics['sensor_psnr_db']:.2f} dB → reconstruction "
+                      f"{metrics['psnr_db']:.2f} dB PSNR, SSIM {metrics['ssim']:.3f}; wrote {out}")
+

@@ -1,0 +1,378 @@
+"""The training loop: end-to-end optimization of the height map and the Wiener regularizer.
+
+One step: random scene crops (flips) from the training images, depths drawn by the task (edof: uniform in
+diopters over the range), per-image read noise, the fabrication model (quantizer schedule + height noise), PSFs
+at the reference and training depths, 'valid' blur + noise, Wiener reconstruction with the mean reference PSF,
+MSE against the scene, Adam.
+
+Learning rate: `training.learning_rate` is in units of `max_height` per step for height parameters (pixel and
+radial surfaces hold metres; zernike and fourier coefficients are already in units of max_height); log γ uses
+`GAMMA_LR` (nats per step). Both follow the same schedule: a short linear warm-up, then a cosine decay to
+`LR_FLOOR` of the peak.
+
+Determinism: every random number of step k comes from a CPU generator seeded with hash(seed, k), the schedules
+are functions of k, and the checkpoint holds the parameters and the Adam state (plain tensors in safetensors),
+so a run resumed from a checkpoint is bit-identical to an uninterrupted one on the same machine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+
+from lensdesign.baselines import fresnel_height
+from lensdesign.errors import LensdesignError
+from lensdesign.evaluate import Bench, summarize
+from lensdesign.imaging.reconstruct import default_pad
+from lensdesign.imaging.scenes import load_images, random_crops
+from lensdesign.imaging.sensor import psnr, sample_read_noise
+from lensdesign.rundir import METRICS, SUMMARY, RunDir, atomic_save_tensors, atomic_write_json, design_meta
+from lensdesign.spec import Spec
+from lensdesign.system import EndToEnd, Pipeline, QuantSchedule, check_supported, fabricate
+
+CHECKPOINT = "checkpoint.safetensors"
+GAMMA_LR = 0.05
+LR_FLOOR = 0.03
+WARMUP = 0.03
+DEFAULT_PATCH = 96
+CHECKPOINT_FORMAT = "1"
+
+
+def step_generator(seed: int, step: int) -> torch.Generator:
+    """CPU generator for step `step` of a run with `seed`: a hash of both, independent of any history."""
+    h = hashlib.blake2b(f"lensdesign:{seed}:{step}".encode(), digest_size=8).digest()
+    return torch.Generator().manual_seed(int.from_bytes(h, "little") & ((1 << 63) - 1))
+
+
+def lr_factor(step: int, steps: int) -> float:
+    """Schedule multiplier at `step` of `steps`: linear warm-up over WARMUP of the run, cosine to LR_FLOOR."""
+    if steps <= 1:
+        return 1.0
+    p = step / (steps - 1)
+    if p < WARMUP:
+        return 0.1 + 0.9 * p / WARMUP
+    q = (p - WARMUP) / (1 - WARMUP)
+    return LR_FLOOR + (1 - LR_FLOOR) * 0.5 * (1 + math.cos(math.pi * q))
+
+
+def patch_size(spec: Spec) -> int:
+    """Training patch (sensor pixels): `training.patch_size`, or min(resolution, DEFAULT_PATCH)."""
+    return spec.training.patch_size or min(*spec.sensor.resolution, DEFAULT_PATCH)
+
+
+def initial_height(spec: Spec, n: int) -> torch.Tensor:
+    """Starting height map (N, N) in metres: the Fresnel lens focused at the spec's focus depth."""
+    return fresnel_height(spec, n).to(torch.float32)
+
+
+@dataclass
+class StepResult:
+    step: int
+    loss: float
+    psnr_db: float
+    lr: float
+    gamma: list[float]
+    depths_m: list[float | None] = field(default_factory=list)
+
+
+class Trainer:
+    """Holds the model, the optimizer and the data of one run; `train_step(k)` runs step k."""
+
+    def __init__(self, spec: Spec, device: torch.device | str = "cpu") -> None:
+        check_supported(spec)
+        self.spec = spec
+        self.device = torch.device(device)
+        self.pipe = Pipeline(spec, self.device)
+        self.model = EndToEnd(spec, self.pipe.optics.grid.n).to(self.device)
+        self.model.surface.init_from_height(initial_height(spec, self.pipe.optics.grid.n).to(self.device))
+        self.patch = patch_size(spec)
+        self.scene_size = self.patch + 2 * self.pipe.margin
+        self.images = load_images(spec.training.images, spec.wavelengths, self.scene_size).train
+        self.pad = default_pad(self.pipe.psf_size)
+        t = spec.training
+        height_units = spec.max_height_m if self.model.surface.kind in ("pixel", "radial") else 1.0
+        self.base_lr = [t.learning_rate * height_units, GAMMA_LR]
+        self.opt = torch.optim.Adam([{"params": list(self.model.surface.parameters()), "lr": self.base_lr[0]},
+                                     {"params": list(self.model.recon.parameters()), "lr": self.base_lr[1]}])
+        self.schedule = QuantSchedule()
+        self.depths_per_step = 1
+        ref = self.pipe.task.reference_depths()
+        self._ref_index = {z: i for i, z in enumerate(ref)}
+
+    @property
+    def steps(self) -> int:
+        return self.spec.training.steps
+
+    def forward(self, step: int, progress: float | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[float]]:
+        """The loss of step `step` (0-based) and what led to it: (loss, reconstruction, target, depths in m).
+
+        Deterministic for a given step: every random number comes from `step_generator(seed, step)`.
+        `progress` (fraction of the run; default step / steps) sets the quantizer schedule.
+        """
+        spec, pipe = self.spec, self.pipe
+        gen = step_generator(spec.training.seed, step)
+        b = spec.training.batch_size
+        scenes = random_crops(self.images, b, self.scene_size, gen).to(self.device)
+        depths = pipe.task.train_depths(gen, self.depths_per_step)
+        sigma = sample_read_noise(spec.sensor.read_noise, b, gen)
+        if progress is None:
+            progress = step / max(1, self.steps - 1)
+        h = fabricate(self.model.height(), spec, progress, gen, self.schedule)
+        extra = [z for z in depths if z not in self._ref_index]
+        ref_stack, extra_stack = pipe.psfs(h, extra)
+        per_depth = [ref_stack[self._ref_index[z]] if z in self._ref_index else extra_stack[extra.index(z)] for z in depths]
+        which = torch.arange(b) % len(depths)
+        psf = torch.stack(per_depth)[which.to(self.device)]
+        y = pipe.sensor(scenes, psf, sigma, gen)
+        x = self.model.recon(y, ref_stack.mean(0), self.pad)
+        target = pipe.target(scenes)
+        return pipe.task.loss(x, target), x, target, depths
+
+    def train_step(self, step: int) -> StepResult:
+        """Run optimization step `step` (0-based): sample, simulate, reconstruct, backpropagate, update."""
+        f = lr_factor(step, self.steps)
+        for g, base in zip(self.opt.param_groups, self.base_lr, strict=True):
+            g["lr"] = base * f
+        self.opt.zero_grad(set_to_none=True)
+        loss, x, target, depths = self.forward(step)
+        loss.backward()
+        self.opt.step()
+        with torch.no_grad():
+            p = float(psnr(x.detach(), target).mean())
+        return StepResult(step=step, loss=float(loss.detach()), psnr_db=p, lr=self.base_lr[0] * f,
+                          gamma=self.model.recon.gamma.detach().cpu().tolist(),
+                          depths_m=[None if math.isinf(z) else z for z in depths])
+
+    def validate(self) -> float:
+        """Mean PSNR (dB) over the evaluation depths on the held-out set, continuous heights, learned γ."""
+        with torch.no_grad():
+            bench = Bench(self.spec, self.model.height().detach(), self.device)
+            return float(np.mean(bench.psnr_per_depth(self.model.recon.gamma.detach())))
+
+    # ---- checkpoints ------------------------------------------------------------------------------------------
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        """Everything resume needs, as plain tensors: model parameters and the Adam state."""
+        out = {f"model.{k}": v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+        sd = self.opt.state_dict()
+        for idx, st in sd["state"].items():
+            for k, v in st.items():
+                out[f"adam.{idx}.{k}"] = torch.as_tensor(v).detach().cpu().clone()
+        return out
+
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Restore from `state_tensors()` output (raises LensdesignError on a mismatch)."""
+        model_sd = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+        try:
+            self.model.load_state_dict(model_sd, strict=True)
+        except RuntimeError as e:
+            raise LensdesignError(f"checkpoint does not match the spec ({str(e).splitlines()[0]}); "
+                                  "start a new run with --force") from None
+        sd = self.opt.state_dict()
+        state: dict[int, dict[str, torch.Tensor]] = {}
+        for k, v in tensors.items():
+            if k.startswith("adam."):
+                _, idx, name = k.split(".", 2)
+                state.setdefault(int(idx), {})[name] = v.to(self.device) if name != "step" else v
+        sd["state"] = state
+        self.opt.load_state_dict(sd)
+
+
+def spec_digest(spec: Spec) -> str:
+    """Hash of everything in the spec that changes the optimization (not device / time budgets)."""
+    d = spec.model_dump(mode="json")
+    for k in ("device", "max_minutes", "checkpoint_minutes"):
+        d["training"].pop(k, None)
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def save_checkpoint(run: RunDir, trainer: Trainer, step: int) -> None:
+    """Write RUN/checkpoint.safetensors (atomically): the state after `step` steps."""
+    atomic_save_tensors(run / CHECKPOINT, trainer.state_tensors(),
+                        metadata={"format": CHECKPOINT_FORMAT, "step": str(step), "spec": spec_digest(trainer.spec)})
+
+
+def load_checkpoint(run: RunDir, trainer: Trainer) -> int:
+    """Restore the trainer from RUN/checkpoint.safetensors; returns the number of steps done."""
+    from safetensors import safe_open
+
+    p = run / CHECKPOINT
+    if not p.is_file():
+        raise LensdesignError(f"{run.path}: no {CHECKPOINT} to resume from; run without --resume (add --force to "
+                              "overwrite the run)")
+    try:
+        with safe_open(str(p), framework="pt") as f:
+            meta = f.metadata() or {}
+        tensors = load_file(str(p))
+    except Exception as e:
+        raise LensdesignError(f"{p}: unreadable checkpoint ({e.__class__.__name__}); start again with --force") from None
+    if meta.get("format") != CHECKPOINT_FORMAT or meta.get("spec") != spec_digest(trainer.spec):
+        raise LensdesignError(f"{p}: the checkpoint was made with a different spec or version; resume with the "
+                              "run's own spec, or start again with --force")
+    trainer.load_state_tensors(tensors)
+    return int(meta["step"])
+
+
+def _truncate_metrics(path: Path, upto: int) -> None:
+    """Keep the metrics records of steps < `upto` (what the checkpoint has done)."""
+    if not path.is_file():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line).get("step", 0) < upto:
+                keep.append(line)
+        except json.JSONDecodeError:
+            continue
+    from lensdesign.rundir import atomic_write_text
+
+    atomic_write_text(path, "".join(k + "\n" for k in keep))
+
+
+class _Stop:
+    """SIGTERM / SIGINT → a flag the loop checks between steps (so a checkpoint can be written)."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> _Stop:
+        for s in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._old[s] = signal.signal(s, self._handle)
+            except ValueError:  # not the main thread
+                pass
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signal is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signal = signum
+
+    def __exit__(self, *exc: object) -> None:
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+
+def _tensorboard(path: Path) -> Any:
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except Exception:  # tensorboard is optional
+        return None
+    return SummaryWriter(str(path))
+
+
+@dataclass
+class RunResult:
+    steps_done: int
+    stopped: str | None
+    summary: dict[str, Any] | None
+    seconds: float
+
+
+ProgressHook = Callable[[StepResult | None, float | None, int], None]
+
+
+def run_optimization(spec: Spec, out: Path, device: torch.device, *, resume: bool = False, checkpoint_every: int | None = None,
+                     progress: ProgressHook | None = None, evaluate: bool = True,
+                     log: Callable[[str], None] = print) -> RunResult:
+    """Optimize `spec` into run directory `out` (created; existing files of a previous run are the caller's
+    business), checkpointing every `training.checkpoint_minutes` / `checkpoint_every` steps and on SIGTERM /
+    SIGINT; then write the design and, with `evaluate`, summary.json comparing it with the baselines."""
+    t0 = time.monotonic()
+    run = RunDir(out)
+    run.path.mkdir(parents=True, exist_ok=True)
+    trainer = Trainer(spec, device)
+    start = 0
+    if resume:
+        start = load_checkpoint(run, trainer)
+        _truncate_metrics(run / METRICS, start)
+        log(f"resuming {out} at step {start} of {spec.training.steps}")
+    else:
+        from lensdesign.rundir import SPEC, atomic_write_text
+
+        atomic_write_text(run / SPEC, spec.to_yaml())
+        (run / METRICS).unlink(missing_ok=True)
+    tb = _tensorboard(run / "tensorboard")
+    steps = spec.training.steps
+    val_every = max(1, steps // 8)
+    ckpt_seconds = spec.training.checkpoint_minutes * 60
+    budget = spec.training.max_minutes * 60 if spec.training.max_minutes else None
+    last_ckpt = time.monotonic()
+    stopped: str | None = None
+    step = start
+    val: float | None = None
+    with _Stop() as stop:
+        while step < steps:
+            r = trainer.train_step(step)
+            step += 1
+            rec: dict[str, Any] = {"step": r.step, "loss": r.loss, "psnr_db": round(r.psnr_db, 4), "lr": r.lr,
+                                   "gamma": r.gamma, "depths_m": r.depths_m, "time_s": round(time.monotonic() - t0, 3)}
+            if step % val_every == 0 or step == steps:
+                val = trainer.validate()
+                rec["val_psnr_db"] = round(val, 4)
+            if not math.isfinite(r.loss):
+                raise LensdesignError(f"the loss became {r.loss} at step {r.step}; lower training.learning_rate")
+            run.append_metrics(rec)
+            if tb is not None:
+                tb.add_scalar("loss", r.loss, r.step)
+                tb.add_scalar("psnr_db", r.psnr_db, r.step)
+                tb.add_scalar("gamma", float(np.mean(r.gamma)), r.step)
+                if "val_psnr_db" in rec:
+                    tb.add_scalar("val_psnr_db", rec["val_psnr_db"], r.step)
+            if progress is not None:
+                progress(r, val, step)
+            now = time.monotonic()
+            due = (checkpoint_every is not None and step % checkpoint_every == 0) or now - last_ckpt >= ckpt_seconds
+            if stop.signal is not None:
+                save_checkpoint(run, trainer, step)
+                raise KeyboardInterrupt
+            if budget is not None and now - t0 >= budget and step < steps:
+                stopped = f"training.max_minutes ({spec.training.max_minutes:g}) reached at step {step}"
+                save_checkpoint(run, trainer, step)
+                break
+            if due and step < steps:
+                save_checkpoint(run, trainer, step)
+                last_ckpt = now
+        if step >= steps:
+            save_checkpoint(run, trainer, step)
+    if tb is not None:
+        tb.close()
+    summary = finish(spec, run, trainer, step, stopped, evaluate=evaluate, log=log)
+    return RunResult(steps_done=step, stopped=stopped, summary=summary, seconds=time.monotonic() - t0)
+
+
+def finish(spec: Spec, run: RunDir, trainer: Trainer, steps_done: int, stopped: str | None, evaluate: bool = True,
+           log: Callable[[str], None] = print) -> dict[str, Any] | None:
+    """Write the design (design.safetensors + design.json) and, with `evaluate`, summary.json."""
+    model = trainer.model
+    with torch.no_grad():
+        h = model.height().detach().float().cpu()
+    gamma = model.recon.gamma.detach().cpu().tolist()
+    extra: dict[str, Any] = {"task": spec.task, "steps_done": steps_done, "seed": spec.training.seed,
+                             "gamma": gamma, "reconstruction": "wiener", "stopped_early": stopped,
+                             "focus_depth_m": None if math.isinf(spec.focus_depth_m) else spec.focus_depth_m,
+                             "sensor_pitch_m": trainer.pipe.optics.grid.sensor_pitch,
+                             "psf_size": trainer.pipe.psf_size}
+    if model.surface.kind == "radial":
+        extra["ring_width_m"] = float(model.surface.ring_width)  # type: ignore[attr-defined]
+    meta = design_meta(spec, "optimized", int(h.shape[0]), **extra)
+    run.write_design(spec, h, meta, model.design_tensors())
+    if not evaluate:
+        return None
+    log("evaluating the design and the baselines on held-out images ...")
+    summary = summarize(spec, h, learned_gamma=gamma, device=trainer.device)
+    summary["steps_done"] = steps_done
+    summary["stopped_early"] = stopped
+    atomic_write_json(run / SUMMARY, summary)
+    return summary

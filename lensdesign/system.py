@@ -1,0 +1,214 @@
+"""The end-to-end model: trainable parts (surface + reconstruction), the task, and the differentiable pipeline.
+
+    height map ─► fabrication model (quantizer schedule, height noise) ─► PSF stack at the reference depths
+    and the training depths ─► sensor images of scene crops ('valid' blur + noise) ─► Wiener reconstruction
+    with the reference PSF ─► task loss against the scene.
+
+* `EndToEnd` (nn.Module) holds only what is trained: the surface parameters and the reconstruction's log γ.
+* A `Task` decides which depths a training step images, which depths are evaluated, which PSF the
+  reconstruction assumes, and the loss. `edof`: depths drawn uniformly in diopters over the spec's range,
+  reference PSF = mean PSF over the spec depths (the depth of a point is unknown to the reconstruction).
+  `focus`: the focus depth only. `superres` (and `reconstruction.kind: unet`) slot in here later; for now
+  they are refused with a one-line error.
+* `Pipeline` holds the height-independent precomputation (`OpticalSystem`) and runs the forward model.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from lensdesign.errors import LensdesignError
+from lensdesign.fabrication.quantize import quantize_ste, soft_quantize
+from lensdesign.imaging.reconstruct import WienerReconstruction, make_reconstruction
+from lensdesign.imaging.sensor import add_noise, convolve_valid, psf_margin
+from lensdesign.optics.psf import OpticalSystem, PSFStack, plan_grid
+from lensdesign.optics.surfaces import Surface, make_surface
+from lensdesign.spec import Spec
+
+# ---- tasks ---------------------------------------------------------------------------------------------------
+
+
+class Task:
+    """What is being designed for: depth sampling, evaluation depths, reference PSF depths and the loss."""
+
+    name = "base"
+
+    def __init__(self, spec: Spec) -> None:
+        self.spec = spec
+
+    def eval_depths(self) -> list[float]:
+        """Depths (m) at which designs are validated and reported."""
+        raise NotImplementedError
+
+    def reference_depths(self) -> list[float]:
+        """Depths (m) whose mean PSF the reconstruction deconvolves with."""
+        return self.eval_depths()
+
+    def train_depths(self, gen: torch.Generator, count: int) -> list[float]:
+        """`count` depths (m) for one training step, drawn from the CPU generator `gen`."""
+        raise NotImplementedError
+
+    def loss(self, recon: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Training loss: mean squared error in linear intensity."""
+        return (recon - target).square().mean()
+
+
+class EdofTask(Task):
+    """Achromatic extended depth of field: one lens and one Wiener filter for every depth in the range."""
+
+    name = "edof"
+
+    def eval_depths(self) -> list[float]:
+        return self.spec.depths_m
+
+    def train_depths(self, gen: torch.Generator, count: int) -> list[float]:
+        near, far = self.spec.diopter_range
+        u = torch.rand(count, generator=gen, dtype=torch.float64).tolist()
+        out = []
+        for v in u:
+            p = far + (near - far) * v
+            out.append(math.inf if p <= 1e-12 else 1.0 / p)
+        return out
+
+
+class FocusTask(Task):
+    """Sharp imaging of one depth (the spec's focus depth) over all wavelengths."""
+
+    name = "focus"
+
+    def eval_depths(self) -> list[float]:
+        return [self.spec.focus_depth_m]
+
+    def train_depths(self, gen: torch.Generator, count: int) -> list[float]:
+        return [self.spec.focus_depth_m] * count
+
+
+TASKS: dict[str, type[Task]] = {"edof": EdofTask, "focus": FocusTask}
+
+
+def make_task(spec: Spec) -> Task:
+    """The task named by `spec.task`; refuses tasks that are not available yet with a one-line error."""
+    if spec.task not in TASKS:
+        raise LensdesignError(f"task: {spec.task!r} is not available yet; use task: edof or task: focus")
+    return TASKS[spec.task](spec)
+
+
+def check_supported(spec: Spec) -> None:
+    """Raise a one-line LensdesignError for spec features that `optimize` cannot do yet."""
+    make_task(spec)
+    if spec.reconstruction.kind != "wiener":
+        raise LensdesignError(f"reconstruction.kind: {spec.reconstruction.kind!r} is not available yet; use kind: wiener")
+    if spec.sensor.superres_factor != 1:
+        raise LensdesignError("sensor.superres_factor: super-resolution is not available yet; use 1")
+
+
+# ---- fabrication-aware training -------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class QuantSchedule:
+    """Quantization-aware training over the run (fractions of the steps): continuous heights until `soft_from`,
+    then an annealed soft staircase (temperature `t_start` → `t_end`, in level steps), then straight-through
+    quantization from `ste_from` to the end, so the element trains as it will be fabricated."""
+
+    soft_from: float = 0.4
+    ste_from: float = 0.8
+    t_start: float = 0.5
+    t_end: float = 0.02
+
+    def mode(self, progress: float) -> tuple[str, float]:
+        """('none' | 'soft' | 'ste', temperature) at `progress` ∈ [0, 1]."""
+        if progress < self.soft_from:
+            return "none", 0.0
+        if progress < self.ste_from:
+            f = (progress - self.soft_from) / (self.ste_from - self.soft_from)
+            return "soft", self.t_start * (self.t_end / self.t_start) ** f
+        return "ste", 0.0
+
+
+def fabricate(height: torch.Tensor, spec: Spec, progress: float, gen: torch.Generator | None,
+              schedule: QuantSchedule = QuantSchedule()) -> torch.Tensor:
+    """Training-time fabrication model of a height map (N, N) in metres.
+
+    Quantizes to `fabrication.levels` following `schedule` at `progress`, then adds uniform height noise of
+    ±`fabrication.height_tolerance` per sample (drawn from the CPU generator `gen`; none when `gen` is None).
+    """
+    mh, levels = spec.max_height_m, spec.fabrication.levels
+    mode, temp = schedule.mode(progress)
+    if mode == "soft":
+        height = soft_quantize(height, mh, levels, temp)
+    elif mode == "ste":
+        height = quantize_ste(height, mh, levels)
+    tol = spec.fabrication.height_tolerance
+    if tol and gen is not None:
+        noise = (2.0 * torch.rand(height.shape, generator=gen, dtype=torch.float32) - 1.0) * tol
+        height = height + noise.to(height.device)
+    return height
+
+
+# ---- the trainable model -------------------------------------------------------------------------------------
+
+class EndToEnd(nn.Module):
+    """The trainable parts only: `surface` (height map parameters, m) and `recon` (log γ per channel)."""
+
+    def __init__(self, spec: Spec, n: int | None = None) -> None:
+        super().__init__()
+        n = plan_grid(spec).n if n is None else n
+        o = spec.optics
+        self.surface: Surface = make_surface(o.parameterization, n, o.pitch, spec.max_height_m,
+                                             spec.fabrication.min_feature, o.aperture, o.zernike_terms, o.fourier_fraction)
+        self.recon: WienerReconstruction = make_reconstruction(spec)
+
+    def height(self) -> torch.Tensor:
+        """Continuous height map (N, N) in metres, in [0, max_height)."""
+        return self.surface.height()
+
+    def design_tensors(self) -> dict[str, torch.Tensor]:
+        """Reconstruction tensors (`recon.*`) and, for a radial surface, `radial_profile_m` (rings,)."""
+        out = dict(self.recon.tensors())
+        if self.surface.kind == "radial":
+            out["radial_profile_m"] = self.surface.ring_heights().float().cpu()  # type: ignore[attr-defined]
+        return out
+
+
+# ---- the forward model ---------------------------------------------------------------------------------------
+
+class Pipeline:
+    """Height-independent parts of the forward model for one spec: the optical system at the task's reference
+    depths, the task, the PSF margin of a scene crop and the sensor noise settings."""
+
+    def __init__(self, spec: Spec, device: torch.device | str = "cpu") -> None:
+        self.spec = spec
+        self.task = make_task(spec)
+        self.device = torch.device(device)
+        self.optics = OpticalSystem(spec, self.device, depths=self.task.reference_depths())
+        self.psf_size = self.optics.grid.psf_size
+        self.margin = psf_margin(self.psf_size)
+        self.channels = len(spec.wavelengths)
+
+    def psfs(self, height: torch.Tensor, extra_depths: list[float] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(reference PSFs (R, C, P, P) at the reference depths, PSFs (K, C, P, P) at `extra_depths`).
+
+        One differentiable PSF computation for both; the source waves of the reference depths are precomputed.
+        """
+        src = self.optics.src
+        if extra_depths:
+            src = torch.cat([src, self.optics.source_waves(extra_depths)])
+        stack = PSFStack.apply(height.to(self.device, torch.float32), self.optics, src)
+        r = self.optics.src.shape[0]
+        return stack[:r], stack[r:]
+
+    def sensor(self, scenes: torch.Tensor, psf: torch.Tensor, sigma: torch.Tensor, gen: torch.Generator,
+               differentiable: bool = True) -> torch.Tensor:
+        """Sensor images (B, C, H, W) of scene crops (B, C, H + P − 1, W + P − 1) blurred by `psf` (B or 1, C, P, P)."""
+        clean = convolve_valid(scenes, psf)
+        s = self.spec.sensor
+        return add_noise(clean, sigma, gen, s.full_well, s.bit_depth, differentiable)
+
+    def target(self, scenes: torch.Tensor) -> torch.Tensor:
+        """The ground truth for scene crops: their centre, the part the sensor sees (B, C, H, W)."""
+        m = self.margin
+        return scenes[..., m:scenes.shape[-2] - m, m:scenes.shape[-1] - m]

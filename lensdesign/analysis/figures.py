@@ -275,33 +275,44 @@ def _design_color(name: str, k: int) -> str:
 
 def through_depth_figure(depths: Sequence[float], curves: dict[str, np.ndarray], f0_cyc_per_mm: float,
                          spec_depths: Sequence[float], wavelengths: Sequence[float], f0_note: str = "") -> bytes:
-    """MTF at one frequency against depth for several designs: mean over wavelengths (thick line) and each
-    wavelength (thin line). `curves[name]` is (D, W) on `depths` (m); the first entry is drawn on top."""
+    """MTF at one frequency against depth for several designs: the mean over wavelengths (top panel) and, for
+    more than one wavelength, one small panel per wavelength. `curves[name]` is (D, W) on `depths` (m); the first
+    entry is drawn on top."""
     with plt.rc_context(STYLE):
-        fig, ax = plt.subplots(figsize=(9.5, 5.0), layout="constrained")
+        nw = len(wavelengths)
+        fig = plt.figure(figsize=(10, 7.6 if nw > 1 else 4.8), layout="constrained")
+        gs = fig.add_gridspec(2 if nw > 1 else 1, max(nw, 1), height_ratios=[1.9, 1] if nw > 1 else [1])
         x = diopters(depths)
         items = list(curves.items())
+        xlim = (x.min() - 0.02 * (np.ptp(x) + 1e-9), x.max() + 0.02 * (np.ptp(x) + 1e-9))
+        ax = fig.add_subplot(gs[0, :])
         for k in reversed(range(len(items))):
             name, v = items[k]
-            col = _design_color(name, k)
-            z = 3 + 2 * (len(items) - k)
-            for j in range(v.shape[1]):
-                ax.plot(x, v[:, j], color=col, lw=0.8, alpha=0.45, ls=("--", ":", "-.", (0, (1, 3)))[j % 4], zorder=z)
-            ax.plot(x, v.mean(axis=1), color=col, lw=2.6 if k == 0 else 1.8, marker="o", ms=3.5, label=name, zorder=z + 1)
+            ax.plot(x, v.mean(axis=1), color=_design_color(name, k), lw=2.8 if k == 0 else 1.9, marker="o", ms=4,
+                    label=name, zorder=3 + len(items) - k)
         handles, labels = ax.get_legend_handles_labels()
-        handles, labels = handles[::-1], labels[::-1]
-        if len(wavelengths) > 1:
-            for j, lam in enumerate(wavelengths):
-                handles.append(plt.Line2D([], [], color="grey", lw=0.8, ls=("--", ":", "-.", (0, (1, 3)))[j % 4]))
-                labels.append(f"{lam * 1e9:.0f} nm")
-        ax.set_ylabel(f"MTF at {f0_cyc_per_mm:.3g} cycles/mm")
-        ax.set_ylim(0, max(0.05, min(1.05, 1.12 * max(float(v.max()) for v in curves.values()))))
-        ax.set_xlim(x.min() - 0.02 * (np.ptp(x) + 1e-9), x.max() + 0.02 * (np.ptp(x) + 1e-9))
+        ax.legend(handles[::-1], labels[::-1], loc="center left", bbox_to_anchor=(1.01, 0.5))
+        top = max(float(v.mean(axis=1).max()) for v in curves.values())
+        ax.set_ylim(0, max(0.05, min(1.05, 1.25 * top)))
+        ax.set_xlim(*xlim)
+        ax.set_ylabel(f"MTF at {f0_cyc_per_mm:.3g} cycles/mm" + ("\n(mean over wavelengths)" if nw > 1 else ""))
         _depth_axes(ax, spec_depths)
         ax.grid(alpha=0.3)
-        title = "thick: mean over wavelengths" if len(wavelengths) > 1 else None
-        ax.legend(handles, labels, title=title, loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=9)
         ax.set_title(f"through-depth MTF at {f0_cyc_per_mm:.3g} cycles/mm{f0_note}", pad=8)
+        if nw > 1:
+            vmax = max(float(v.max()) for v in curves.values())
+            for j, lam in enumerate(wavelengths):
+                a = fig.add_subplot(gs[1, j])
+                for k in reversed(range(len(items))):
+                    name, v = items[k]
+                    a.plot(x, v[:, j], color=_design_color(name, k), lw=1.8 if k == 0 else 1.2, zorder=3 + len(items) - k)
+                a.set_xlim(*xlim)
+                a.set_ylim(0, max(0.05, min(1.05, 1.1 * vmax)))
+                a.set_title(f"{lam * 1e9:.0f} nm", fontsize=10)
+                a.set_xlabel("1/z (diopters)")
+                if j == 0:
+                    a.set_ylabel("MTF")
+                a.grid(alpha=0.3)
         return to_png(fig)
 
 

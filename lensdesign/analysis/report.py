@@ -745,7 +745,8 @@ def render_html(ctx: ReportContext, rep: dict[str, Any], figs: dict[str, bytes],
                       f"MTF at {td['frequency_cyc_per_mm']:.4g} cycles/mm against depth for the design and the "
                       f"baselines: a Fresnel lens focused at {dl(spec.focus_depth_m)} and a cubic phase plate of "
                       f"{td['cubic_strength_waves']:.3g} waves ({e(td['cubic_strength_source'])}). A flat, high curve "
-                      "is an extended depth of field."))
+                      "is an extended depth of field. Optical MTF of the lens alone (before pixel integration and "
+                      "reconstruction), over the whole simulated field."))
     zd = [math.inf if z is None else z for z in td["depths_m"]]
     names = list(td["mtf"])
     spec_p = figures.diopters(spec.depths_m)

@@ -21,8 +21,10 @@ depth as in the spec. The reconstruction deconvolves with the mean PSF over the 
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -39,6 +41,33 @@ _NOISE_SEED = 7919  # eval noise: generator seeded from (seed, depth index); tun
 
 _PIPELINES: dict[tuple[str, str], Pipeline] = {}
 _VALSETS: dict[tuple, torch.Tensor] = {}
+
+
+@contextmanager
+def single_thread(device: torch.device | str = "cpu") -> Iterator[None]:
+    """Run CPU evaluation with one intra-op thread (restored afterwards).
+
+    Evaluation is many small FFTs: extra threads gain little, a busy core stalls them badly, and one thread
+    makes the figures bit-reproducible, so `evaluate_height` in another process repeats summary.json exactly.
+    """
+    n = torch.get_num_threads()
+    if torch.device(device).type != "cpu" or n == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
+def _single_threaded(fn: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with single_thread(kwargs.get("device", "cpu")):
+            return fn(*args, **kwargs)
+
+    return wrapper
 
 
 def _key(spec: Spec) -> str:
@@ -177,6 +206,7 @@ def golden_max(f: Callable[[float], float], lo: float, hi: float, iters: int = 2
     return tf(x), fx
 
 
+@_single_threaded
 def evaluate_height(spec: Spec, height_m: Any, *, gamma: float | list[float] | torch.Tensor | None = None,
                     device: torch.device | str = "cpu", seed: int = 0, images: torch.Tensor | None = None) -> dict[str, Any]:
     """PSNR / SSIM of a height map (N, N) in metres at every evaluation depth (see the module docstring).
@@ -198,6 +228,7 @@ def evaluate_height(spec: Spec, height_m: Any, *, gamma: float | list[float] | t
     return out
 
 
+@_single_threaded
 def simulate_examples(spec: Spec, height_m: Any, gamma: float | list[float] | torch.Tensor, depth_m: float,
                       image: Any, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Sensor image and reconstruction of one scene at one depth, numpy (H, W, C) in [0, 1].
@@ -263,6 +294,7 @@ def tune_cubic(spec: Spec, n: int, device: torch.device | str = "cpu", seed: int
     return a, v
 
 
+@_single_threaded
 def summarize(spec: Spec, height_m: Any, learned_gamma: list[float] | None = None, device: torch.device | str = "cpu",
               seed: int = 0, log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Design vs baselines on held-out images at every evaluation depth, continuous and quantized to
@@ -340,6 +372,7 @@ def run_gamma(spec: Spec, design: Any, height: torch.Tensor) -> tuple[float | li
     return evaluate_height(spec, height)["gamma"], "tuned on the validation set"
 
 
+@_single_threaded
 def simulate_picture(run_path: Any, image_path: Any, out: Any, depth: str | None = None, depth_map: Any = None,
                      quantized: bool = False, seed: int = 0) -> dict[str, Any]:
     """Image a picture (sRGB file) through a run's design and reconstruct it; writes OUT/sensor.png, recon.png and

@@ -31,12 +31,14 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from lensdesign.baselines import fresnel_height
+from lensdesign.baselines import focal_length, fresnel_height
 from lensdesign.errors import LensdesignError
 from lensdesign.evaluate import Bench, summarize
 from lensdesign.imaging.reconstruct import default_pad
 from lensdesign.imaging.scenes import load_images, random_crops
 from lensdesign.imaging.sensor import psnr, sample_read_noise
+from lensdesign.optics.psf import coords
+from lensdesign.optics.surfaces import FourierSurface, Surface, ZernikeSurface
 from lensdesign.rundir import METRICS, SUMMARY, RunDir, atomic_save_tensors, atomic_write_json, design_meta
 from lensdesign.spec import Spec
 from lensdesign.system import EndToEnd, Pipeline, QuantSchedule, check_supported, fabricate
@@ -76,6 +78,34 @@ def initial_height(spec: Spec, n: int) -> torch.Tensor:
     return fresnel_height(spec, n).to(torch.float32)
 
 
+def init_surface(surface: Surface, spec: Spec) -> None:
+    """Start every parameterization from the Fresnel lens focused at the spec's focus depth.
+
+    pixel / radial: the wrapped lens heights. zernike: the defocus term Z4 = √3(2ρ² − 1) carrying the unwrapped
+    thin-lens profile −r²/(2f(n − 1)) (wrapping happens in `height()`). fourier: the low-frequency block of the
+    unwrapped profile's spectrum (its periodic extension is smooth enough that the wrapped result matches the
+    Fresnel lens). Coefficients of zernike / fourier are in units of max_height.
+    """
+    n, mh = surface.n, spec.max_height_m
+    ng = spec.design_index
+    f = focal_length(spec)
+    with torch.no_grad():
+        if isinstance(surface, ZernikeSurface):
+            surface.param.zero_()
+            r = spec.optics.aperture / 2
+            surface.param[3] = -(r**2) / (2 * f * (ng - 1)) / (2 * math.sqrt(3) * mh)
+        elif isinstance(surface, FourierSurface):
+            y, x = coords(n, spec.optics.pitch)
+            unwrapped = -(x**2 + y**2) / (2 * f * (ng - 1)) / mh
+            c = torch.fft.fftshift(torch.fft.fft2(unwrapped, norm="ortho"))
+            k, a = surface.k, n // 2 - surface.k // 2
+            block = c[a:a + k, a:a + k]
+            surface.param[0].copy_(block.real.to(surface.param.dtype))
+            surface.param[1].copy_(block.imag.to(surface.param.dtype))
+        else:
+            surface.init_from_height(initial_height(spec, n).to(surface.param.device))
+
+
 @dataclass
 class StepResult:
     step: int
@@ -95,7 +125,7 @@ class Trainer:
         self.device = torch.device(device)
         self.pipe = Pipeline(spec, self.device)
         self.model = EndToEnd(spec, self.pipe.optics.grid.n).to(self.device)
-        self.model.surface.init_from_height(initial_height(spec, self.pipe.optics.grid.n).to(self.device))
+        init_surface(self.model.surface, spec)
         self.patch = patch_size(spec)
         self.scene_size = self.patch + 2 * self.pipe.margin
         self.images = load_images(spec.training.images, spec.wavelengths, self.scene_size).train

@@ -16,6 +16,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 DPI = 100
 STYLE = {
@@ -447,6 +448,7 @@ def fabrication_figure(strehl_samples: np.ndarray, strehl_cont: float, strehl_qu
                 ax.axvline(q, color="#d62728", lw=2, ls="--", label="quantized")
             ax.set_xlabel(lab)
             ax.set_ylabel("samples")
+            ax.yaxis.set_major_locator(MaxNLocator(integer=True))
             ax.legend(fontsize=8)
             ax.grid(alpha=0.3)
         fig.suptitle("fabrication tolerance: Monte Carlo over etch depth, mask alignment and edge rounding")

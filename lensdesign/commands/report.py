@@ -22,6 +22,8 @@ def register(app: typer.Typer) -> None:
         samples: Annotated[int, typer.Option("--samples", help="as-built Monte Carlo samples (0 skips it)")] = 10,
         seed: Annotated[int, typer.Option("--seed", help="seed of the Monte Carlo and of the validation images")] = 0,
         device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+        threads: Annotated[int, typer.Option("--threads", help="CPU threads for the analysis (1 is fastest on a shared "
+                                                             "machine; 0 keeps torch's default)")] = 1,
     ) -> None:
         """Write RUN/report/index.html (self-contained), the PNG figures and report.json for a run."""
         import math
@@ -37,7 +39,8 @@ def register(app: typer.Typer) -> None:
         if mtf_frequency is not None and not (math.isfinite(mtf_frequency) and mtf_frequency > 0):
             raise LensdesignError("--mtf-frequency: give a positive frequency in cycles/mm, e.g. 30")
         settings = ReportSettings(out=out, mtf_frequency=None if mtf_frequency is None else mtf_frequency * 1e3,
-                                  samples=samples, seed=seed, device=str(pick_device(device)))
+                                  samples=samples, seed=seed, device=str(pick_device(device)),
+                                  threads=None if threads <= 0 else threads)
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                       console=console, transient=False) as prog:
             tasks: dict[str, int] = {}

@@ -157,7 +157,8 @@ def psf_grid_figure(psfs: np.ndarray, pitch: float, depths: Sequence[float], wav
         hw = max(1, min(c, round(half_width / pitch)))
         ext_um = (hw + 0.5) * pitch * 1e6
         ext = (-ext_um, ext_um, -ext_um, ext_um)
-        fig, axes = plt.subplots(d, w, figsize=(2.9 * w + 1.2, 2.75 * d + 0.6), squeeze=False, layout="constrained")
+        fig, axes = plt.subplots(d, w, figsize=(max(6.5, 2.9 * w + 1.2), 2.75 * d + 0.8), squeeze=False,
+                                 layout="constrained")
         im = None
         for i in range(d):
             for j in range(w):
@@ -175,7 +176,8 @@ def psf_grid_figure(psfs: np.ndarray, pitch: float, depths: Sequence[float], wav
         assert im is not None
         cb = fig.colorbar(im, ax=axes, shrink=min(0.9, 0.35 + 0.1 * d), pad=0.02)
         cb.set_label("log10(intensity / diffraction-limited peak)")
-        fig.suptitle("PSF per depth and wavelength (log scale; 0 = diffraction-limited peak)")
+        fig.suptitle("PSF per depth and wavelength\n(log scale; 0 = diffraction-limited peak)" if w < 3 else
+                     "PSF per depth and wavelength (log scale; 0 = diffraction-limited peak)")
         return to_png(fig)
 
 
@@ -340,9 +342,10 @@ def psf_metrics_figure(depths: Sequence[float], wavelengths: Sequence[float], st
             _depth_axes(ax, depths)
             ax.set_title(t, pad=8)
             ax.grid(alpha=0.3)
-            if ax is not axes[0]:
-                ax.set_ylim(bottom=0)
-        axes[0].legend()
+        for ax, v, ref in ((axes[1], ee80, airy_ee80), (axes[2], fwhm, airy_fwhm)):
+            top = max(float(np.nanmax(v)) if np.isfinite(v).any() else 0.0, max(ref))
+            ax.set_ylim(0, 1.15 * top * 1e6)
+        axes[0].legend(loc="best")
         return to_png(fig)
 
 

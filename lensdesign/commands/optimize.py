@@ -189,7 +189,8 @@ def register(app: typer.Typer) -> None:
         run: Annotated[Path, typer.Argument(help="run directory")],
         image: Annotated[Path, typer.Option("--image", help="picture to image (jpg, png, tiff; sRGB)")],
         out: Annotated[Path, typer.Option("--out", help="folder for sensor.png, recon.png, metrics.json")],
-        depth_m: Annotated[str | None, typer.Option("--depth-m", help="depth of the whole picture in metres (or inf)")] = None,
+        depth_m: Annotated[str | None, typer.Option("--depth-m", help="depth of the whole picture in metres or inf "
+                                                    "(default: the spec's focus depth)")] = None,
         depth_map: Annotated[Path | None, typer.Option("--depth-map", help="depth per pixel in metres, .npy (H, W)")] = None,
         quantized: Annotated[bool, typer.Option("--quantized", help="use the height map quantized to the levels")] = False,
         seed: Annotated[int, typer.Option("--seed", help="noise seed")] = 0,

@@ -204,19 +204,19 @@ def _unbin(g: torch.Tensor, b: int) -> torch.Tensor:
     return g.repeat_interleave(b, dim=-2).repeat_interleave(b, dim=-1)
 
 
-def _forward_field(u0: torch.Tensor, hf: torch.Tensor, m: int, k: int) -> torch.Tensor:
-    """Propagate u0 (c, N, N), zero-padded to (m, m), with the window-shifted transfer function hf (m, m).
+def _forward_field(padded: torch.Tensor, hf: torch.Tensor, k: int) -> torch.Tensor:
+    """Propagate a zero-padded field (c, m, m) with the window-shifted transfer function hf (m, m).
 
     Returns the (c, k, k) PSF window, which `hf` has moved to the corner of the grid.
     """
-    f = torch.fft.fft2(u0, s=(m, m))
+    f = torch.fft.fft2(padded)
     f.mul_(hf)
     return torch.fft.ifft2(f)[..., :k, :k]
 
 
-def _adjoint_field(gu: torch.Tensor, hf: torch.Tensor, m: int, n: int) -> torch.Tensor:
-    """Adjoint of `_forward_field`: window gradient (c, k, k) → element-plane gradient (c, N, N)."""
-    f = torch.fft.fft2(gu, s=(m, m))
+def _adjoint_field(padded: torch.Tensor, hf: torch.Tensor, n: int) -> torch.Tensor:
+    """Adjoint of `_forward_field`: zero-padded window gradient (c, m, m) → element-plane gradient (c, N, N)."""
+    f = torch.fft.fft2(padded)
     f.mul_(hf.conj())
     return torch.fft.ifft2(f)[..., :n, :n]
 
@@ -239,10 +239,14 @@ class PSFStack(torch.autograd.Function):
         out = torch.empty(dd, ww, g.psf_size, g.psf_size, dtype=torch.float32, device=height.device)
         saved = torch.empty(dd, ww, k, k, dtype=torch.complex64, device=height.device)
         chunk = s.chunk_for(dd)
+        # zero-padded input, allocated once: only the element corner is rewritten for each PSF
+        pad = torch.zeros(chunk, m, m, dtype=torch.complex64, device=height.device)
         for w in range(ww):
             for a in range(0, dd, chunk):
                 b = min(dd, a + chunk)
-                u = _forward_field(src_all[a:b, w] * t[w], s.h_window[w], m, k)
+                inp = pad[: b - a]
+                torch.mul(src_all[a:b, w], t[w], out=inp[:, : g.n, : g.n])
+                u = _forward_field(inp, s.h_window[w], k)
                 saved[a:b, w] = u
                 out[a:b, w] = _bin(u.abs().square_(), g.bin)
         ctx.system = s
@@ -261,13 +265,16 @@ class PSFStack(torch.autograd.Function):
         grad_h = torch.zeros(n, n, dtype=torch.float32, device=height.device)
         acc = torch.empty(n, n, dtype=torch.complex64, device=height.device)
         chunk = s.chunk_for(dd)
+        k = g.window_fine
+        pad = torch.zeros(chunk, m, m, dtype=torch.complex64, device=height.device)
         for w in range(ww):
             acc.zero_()
             for a in range(0, dd, chunk):
                 b = min(dd, a + chunk)
+                inp = pad[: b - a]
                 # dL/du* (torch convention): 2 u dL/dI on the window
-                gu = _unbin(gi[a:b, w], g.bin).mul_(2.0) * saved[a:b, w]
-                g_u0 = _adjoint_field(gu, s.h_window[w], m, n)
+                torch.mul(_unbin(gi[a:b, w], g.bin).mul_(2.0), saved[a:b, w], out=inp[:, :k, :k])
+                g_u0 = _adjoint_field(inp, s.h_window[w], n)
                 # Σ_d conj(src_d) · gU_d; the element factor conj(t_w) is applied once per wavelength below
                 acc += (src_all[a:b, w].conj() * g_u0).sum(0)
             # U = src·t, t = exp(i a h): dL/dh = a · Im(conj(U) · gU) = a · Im(conj(t) · Σ conj(src) gU)

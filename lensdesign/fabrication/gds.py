@@ -25,6 +25,7 @@ import gdstk
 import numpy as np
 
 from lensdesign.fabrication.rings import MAX_VERTICES
+from lensdesign.fabrication.runs import true_runs
 
 UNIT_M = 1e-6  # user unit: 1 µm
 DBU_M = 1e-9  # database unit: 1 nm
@@ -120,11 +121,7 @@ def _union(rects: np.ndarray, max_vertices: int) -> list[np.ndarray] | None:
 def _block_polygons(sub: np.ndarray, r0: int, c0: int, pitch_um: float, centre: int, max_vertices: int) -> list[np.ndarray]:
     """Merged polygons of the True pixels of a block whose first pixel is (r0, c0); splits until within the limit."""
     rows, cols = sub.shape
-    pad = np.zeros((rows, cols + 2), dtype=np.int8)
-    pad[:, 1:-1] = sub
-    d = np.diff(pad, axis=1)
-    r, s = np.nonzero(d == 1)
-    _, e = np.nonzero(d == -1)
+    r, s, e = true_runs(sub)
     if len(r) == 0:
         return []
     xe = _edges(pitch_um, centre, cols, c0)

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from lensdesign.fabrication.runs import true_runs
 from lensdesign.spec import CustomMaterial, Spec
 
 
@@ -36,12 +37,7 @@ class Runs:
 
 def _row_runs(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Lengths of runs of True (features) and of False between two Trues (gaps), along each row."""
-    rows, cols = mask.shape
-    pad = np.zeros((rows, cols + 2), dtype=np.int8)
-    pad[:, 1:-1] = mask
-    d = np.diff(pad, axis=1)
-    r, s = np.nonzero(d == 1)
-    _, e = np.nonzero(d == -1)
+    r, s, e = true_runs(mask)
     feat = e - s
     same_row = r[1:] == r[:-1]
     gaps = (s[1:] - e[:-1])[same_row]

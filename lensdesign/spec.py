@@ -247,7 +247,7 @@ class Spec(_Model):
         out = []
         for i in range(d.count):
             p = p0 + (p1 - p0) * i / (d.count - 1)
-            out.append(math.inf if p <= 0 else 1.0 / p)
+            out.append(math.inf if p <= 0 else float(f"{1.0 / p:.12g}"))  # no 0.10999999999999999
         return out
 
     @property

@@ -8,6 +8,9 @@ the 'valid' part of the convolution, so nothing wraps around the borders. Noise 
 standard deviation σ (fraction of full scale; fixed, or drawn uniformly from [low, high] per image), optional
 shot noise (`sensor.full_well` electrons at full scale; Poisson, Gaussian-approximated in training), clipping
 to [0, 1] and optional quantization to `sensor.bit_depth` bits.
+
+Super-resolution (`sensor.superres_factor` k): scene and PSF are on the fine grid (pixel pitch / k); the blurred
+fine image is integrated over k × k blocks (`integrate_pixels`) and the noise is added at the sensor resolution.
 """
 
 from __future__ import annotations
@@ -49,6 +52,22 @@ def convolve_same(image: torch.Tensor, psf: torch.Tensor, mode: str = "reflect")
         mode = "replicate"
     padded = torch.nn.functional.pad(image, (m, m, m, m), mode=mode)
     return convolve_valid(padded, psf)
+
+
+def integrate_pixels(fine: torch.Tensor, factor: int) -> torch.Tensor:
+    """Sensor pixels of a fine-grid irradiance image (…, kH, kW) → (…, H, W): each sensor pixel is the mean of its
+    k × k fine pixels (k = `factor`; block (i, j) covers fine rows k·i … k·i + k − 1).
+
+    Irradiance is per unit area, so the mean keeps full scale at 1 (a uniform scene reads the same on both
+    grids) and conserves energy: sum(sensor) · k² = sum(fine), the sensor pixel being k² fine pixels in area.
+    """
+    if factor == 1:
+        return fine
+    *lead, h, w = fine.shape
+    k = factor
+    if h % k or w % k:
+        raise ValueError(f"image {h} × {w} is not a multiple of the super-resolution factor {k}")
+    return fine.reshape(*lead, h // k, k, w // k, k).mean(dim=(-1, -3))
 
 
 def sample_read_noise(read_noise: float | tuple[float, float], count: int, gen: torch.Generator) -> torch.Tensor:

@@ -1,15 +1,18 @@
 """The end-to-end model: trainable parts (surface + reconstruction), the task, and the differentiable pipeline.
 
     height map ─► fabrication model (quantizer schedule, height noise) ─► PSF stack at the reference depths
-    and the training depths ─► sensor images of scene crops ('valid' blur + noise) ─► Wiener reconstruction
-    with the reference PSF ─► task loss against the scene.
+    and the training depths ─► sensor images of scene crops ('valid' blur, pixel integration for
+    super-resolution, noise) ─► reconstruction (Wiener with the reference PSF, optionally a U-Net) ─► task loss
+    against the scene.
 
-* `EndToEnd` (nn.Module) holds only what is trained: the surface parameters and the reconstruction's log γ.
+* `EndToEnd` (nn.Module) holds only what is trained: the surface parameters and the reconstruction (log γ,
+  and the U-Net for `reconstruction.kind: unet`).
 * A `Task` decides which depths a training step images, which depths are evaluated, which PSF the
   reconstruction assumes, and the loss. `edof`: depths drawn uniformly in diopters over the spec's range,
   reference PSF = mean PSF over the spec depths (the depth of a point is unknown to the reconstruction).
-  `focus`: the focus depth only. `superres` (and `reconstruction.kind: unet`) slot in here later; for now
-  they are refused with a one-line error.
+  `focus`: the focus depth only. `superres`: the spec's depths (usually one; a range is sampled like `edof`),
+  scene and PSF on the fine grid (sensor pixel pitch / `sensor.superres_factor`), the reconstruction returns the
+  fine image.
 * `Pipeline` holds the height-independent precomputation (`OpticalSystem`) and runs the forward model.
 """
 
@@ -24,7 +27,7 @@ from torch import nn
 from lensdesign.errors import LensdesignError
 from lensdesign.fabrication.quantize import quantize_ste, soft_quantize
 from lensdesign.imaging.reconstruct import WienerReconstruction, make_reconstruction
-from lensdesign.imaging.sensor import add_noise, convolve_valid, psf_margin
+from lensdesign.imaging.sensor import add_noise, convolve_valid, integrate_pixels, psf_margin
 from lensdesign.optics.psf import OpticalSystem, PSFStack, plan_grid
 from lensdesign.optics.surfaces import Surface, make_surface
 from lensdesign.spec import Spec
@@ -87,23 +90,37 @@ class FocusTask(Task):
         return [self.spec.focus_depth_m] * count
 
 
-TASKS: dict[str, type[Task]] = {"edof": EdofTask, "focus": FocusTask}
+class SuperresTask(EdofTask):
+    """Snapshot super-resolution: a sensor with pixels `sensor.superres_factor` times coarser than the output.
+
+    Depths: the spec's (the paper's super-resolution is at one depth: give one, e.g. `depths: [1 m]`); a range
+    is sampled uniformly in diopters like `edof`, with the mean PSF as reference."""
+
+    name = "superres"
+
+    def train_depths(self, gen: torch.Generator, count: int) -> list[float]:
+        ds = self.spec.depths_m
+        if len(ds) == 1:
+            return [ds[0]] * count
+        return super().train_depths(gen, count)
+
+
+TASKS: dict[str, type[Task]] = {"edof": EdofTask, "focus": FocusTask, "superres": SuperresTask}
 
 
 def make_task(spec: Spec) -> Task:
-    """The task named by `spec.task`; refuses tasks that are not available yet with a one-line error."""
+    """The task named by `spec.task`; refuses tasks that are not available with a one-line error."""
     if spec.task not in TASKS:
-        raise LensdesignError(f"task: {spec.task!r} is not available yet; use task: edof or task: focus")
+        raise LensdesignError(f"task: {spec.task!r} is not available; use one of {', '.join(TASKS)}")
     return TASKS[spec.task](spec)
 
 
 def check_supported(spec: Spec) -> None:
-    """Raise a one-line LensdesignError for spec features that `optimize` cannot do yet."""
+    """Raise a one-line LensdesignError for spec combinations that `optimize` cannot do."""
     make_task(spec)
-    if spec.reconstruction.kind != "wiener":
-        raise LensdesignError(f"reconstruction.kind: {spec.reconstruction.kind!r} is not available yet; use kind: wiener")
-    if spec.sensor.superres_factor != 1:
-        raise LensdesignError("sensor.superres_factor: super-resolution is not available yet; use 1")
+    if spec.sensor.superres_factor != 1 and spec.task != "superres":
+        raise LensdesignError(f"sensor.superres_factor: {spec.sensor.superres_factor} is only used by task: superres; "
+                              "set task: superres or superres_factor: 1")
 
 
 # ---- fabrication-aware training -------------------------------------------------------------------------------
@@ -152,7 +169,8 @@ def fabricate(height: torch.Tensor, spec: Spec, progress: float, gen: torch.Gene
 # ---- the trainable model -------------------------------------------------------------------------------------
 
 class EndToEnd(nn.Module):
-    """The trainable parts only: `surface` (height map parameters, m) and `recon` (log γ per channel)."""
+    """The trainable parts only: `surface` (height map parameters, m) and `recon` (log γ per channel, and the
+    U-Net's weights for `reconstruction.kind: unet`)."""
 
     def __init__(self, spec: Spec, n: int | None = None) -> None:
         super().__init__()
@@ -178,7 +196,10 @@ class EndToEnd(nn.Module):
 
 class Pipeline:
     """Height-independent parts of the forward model for one spec: the optical system at the task's reference
-    depths, the task, the PSF margin of a scene crop and the sensor noise settings."""
+    depths, the task, the PSF margin of a scene crop, the super-resolution factor and the sensor noise settings.
+
+    Scenes, PSFs, reconstructions and targets are on the simulation's sensor grid: the fine grid (pixel pitch / k)
+    for super-resolution; only the sensor images themselves are k times coarser."""
 
     def __init__(self, spec: Spec, device: torch.device | str = "cpu") -> None:
         self.spec = spec
@@ -188,6 +209,7 @@ class Pipeline:
         self.psf_size = self.optics.grid.psf_size
         self.margin = psf_margin(self.psf_size)
         self.channels = len(spec.wavelengths)
+        self.factor = spec.sensor.superres_factor
 
     def psfs(self, height: torch.Tensor, extra_depths: list[float] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(reference PSFs (R, C, P, P) at the reference depths, PSFs (K, C, P, P) at `extra_depths`).
@@ -201,14 +223,25 @@ class Pipeline:
         r = self.optics.src.shape[0]
         return stack[:r], stack[r:]
 
-    def sensor(self, scenes: torch.Tensor, psf: torch.Tensor, sigma: torch.Tensor, gen: torch.Generator,
-               differentiable: bool = True) -> torch.Tensor:
-        """Sensor images (B, C, H, W) of scene crops (B, C, H + P − 1, W + P − 1) blurred by `psf` (B or 1, C, P, P)."""
-        clean = convolve_valid(scenes, psf)
+    def irradiance(self, scenes: torch.Tensor, psf: torch.Tensor) -> torch.Tensor:
+        """Noise-free sensor images (B, C, H / k, W / k) of scene crops (B, C, H + P − 1, W + P − 1) blurred by
+        `psf` (B or 1, C, P, P): 'valid' blur on the fine grid, then the mean over k × k blocks (k = `factor`)."""
+        return integrate_pixels(convolve_valid(scenes, psf), self.factor)
+
+    def noisy(self, clean: torch.Tensor, sigma: torch.Tensor, gen: torch.Generator,
+              differentiable: bool = True) -> torch.Tensor:
+        """Sensor read-out of noise-free sensor images: read / shot noise, clipping, bit depth (see `add_noise`)."""
         s = self.spec.sensor
         return add_noise(clean, sigma, gen, s.full_well, s.bit_depth, differentiable)
 
+    def sensor(self, scenes: torch.Tensor, psf: torch.Tensor, sigma: torch.Tensor, gen: torch.Generator,
+               differentiable: bool = True) -> torch.Tensor:
+        """Sensor images (B, C, H / k, W / k) of scene crops (B, C, H + P − 1, W + P − 1) blurred by `psf`
+        (B or 1, C, P, P), integrated over pixels and read out with noise."""
+        return self.noisy(self.irradiance(scenes, psf), sigma, gen, differentiable)
+
     def target(self, scenes: torch.Tensor) -> torch.Tensor:
-        """The ground truth for scene crops: their centre, the part the sensor sees (B, C, H, W)."""
+        """The ground truth for scene crops: their centre, the part the sensor sees (B, C, H, W), on the fine
+        grid for super-resolution."""
         m = self.margin
         return scenes[..., m:scenes.shape[-2] - m, m:scenes.shape[-1] - m]

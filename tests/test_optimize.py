@@ -172,11 +172,9 @@ def test_tasks_sample_depths():
     assert set(f.train_depths(torch.Generator(), 5)) == {f.spec.focus_depth_m} and f.eval_depths() == [f.spec.focus_depth_m]
 
 
-def test_unsupported_features_are_refused():
-    with pytest.raises(LensdesignError, match=r"task: 'superres' is not available yet"):
-        Trainer(parse_spec({**hard(), "task": "superres", "sensor": {**HARD["sensor"], "superres_factor": 2}}))
-    with pytest.raises(LensdesignError, match=r"reconstruction\.kind: 'unet' is not available yet"):
-        Trainer(parse_spec(hard(reconstruction__kind="unet")))
+def test_unsupported_combinations_are_refused():
+    with pytest.raises(LensdesignError, match=r"sensor\.superres_factor: 2 is only used by task: superres"):
+        Trainer(parse_spec({**hard(), "sensor": {**HARD["sensor"], "superres_factor": 2}}))
 
 
 @pytest.mark.parametrize("kind", ["pixel", "radial", "zernike", "fourier"])
@@ -292,9 +290,9 @@ def test_optimize_refuses_existing_run_and_bad_options(tmp_path, cli):
     assert r.returncode == 2 and "--steps" in r.stderr
     r = cli("optimize", spec, "--out", tmp_path / "fresh", "--resume")
     assert r.returncode == 2 and "no checkpoint" in r.stderr
-    unet = write(tmp_path, hard(reconstruction__kind="unet"), "unet.yaml")
-    r = cli("optimize", unet, "--out", out, "--force")
-    assert r.returncode == 2 and "reconstruction.kind" in r.stderr and "not available yet" in r.stderr
+    refused = write(tmp_path, {**hard(), "sensor": {**HARD["sensor"], "superres_factor": 2}}, "refused.yaml")
+    r = cli("optimize", refused, "--out", out, "--force")
+    assert r.returncode == 2 and "sensor.superres_factor" in r.stderr and "task: superres" in r.stderr
     assert (out / "design.json").exists()  # a refused spec leaves the existing run alone
     r = cli("optimize", write(tmp_path, hard(training__images="nowhere"), "bad.yaml"), "--out", tmp_path / "b")
     assert r.returncode == 2 and "training.images" in r.stderr

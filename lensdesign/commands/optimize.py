@@ -1,5 +1,5 @@
-"""Commands `optimize` (end-to-end design of the element and the Wiener filter) and `simulate` (image a picture
-through a run's design)."""
+"""Commands `optimize` (end-to-end design of the element and its reconstruction: Wiener filter, optionally a
+U-Net) and `simulate` (image a picture through a run's design)."""
 
 from __future__ import annotations
 
@@ -67,23 +67,53 @@ def spec_difference(a: Spec, b: Spec) -> str | None:
     return walk(da, db, "")
 
 
+def _gamma(g: Any) -> str:
+    """γ for the table: one value, or the mean of the per-channel values."""
+    if g is None:
+        return "–"
+    if isinstance(g, list):
+        return f"{sum(g) / len(g):.3g} (mean)"
+    return f"{g:.3g}"
+
+
 def _summary_table(summary: dict[str, Any]) -> Table:
-    t = Table(title="held-out images: mean PSNR over depths (dB) / worst depth / SSIM")
+    ev = summary["evaluation"]
+    k = ev.get("superres_factor", 1)
+    what = f"×{k} super-resolution, " if k > 1 else ""
+    t = Table(title=f"held-out images ({what}{ev['image_size'][0]} × {ev['image_size'][1]}): mean PSNR over depths (dB) / "
+                    "worst depth / SSIM")
     t.add_column("element")
     t.add_column("continuous", justify="right")
-    t.add_column(f"quantized ({summary['evaluation']['levels']} levels)", justify="right")
-    t.add_column("γ (tuned)", justify="right")
+    t.add_column(f"quantized ({ev['levels']} levels)", justify="right")
+    t.add_column("γ", justify="right")
 
-    def cell(r: dict[str, Any]) -> str:
+    def cell(r: dict[str, Any] | None) -> str:
+        if not r:
+            return "–"
         return f"{r['mean_psnr_db']:.2f} / {r['worst_psnr_db']:.2f} / {r['mean_ssim']:.3f}"
 
     b = summary["baselines"]
-    t.add_row("[bold]optimized design[/bold]", cell(summary["design"]), cell(summary["design_quantized"]),
-              f"{summary['design']['gamma']:.3g}")
-    t.add_row("Fresnel lens", cell(b["fresnel"]), cell(b["fresnel"]["quantized"]), f"{b['fresnel']['gamma']:.3g}")
-    t.add_row(f"cubic plate (α = {b['cubic']['strength_waves']:.3g} waves)", cell(b["cubic"]), cell(b["cubic"]["quantized"]),
-              f"{b['cubic']['gamma']:.3g}")
+    d = summary["design"]
+    unet = d.get("reconstruction") == "unet"
+    t.add_row("[bold]optimized design[/bold]" + (" + U-Net" if unet else ""), cell(d), cell(summary["design_quantized"]),
+              _gamma(d["gamma"]) + (" learned" if unet else " tuned"))
+    if unet and "wiener_only" in d:
+        t.add_row("  same design, Wiener only", cell(d["wiener_only"]), "", _gamma(d["wiener_only"]["gamma"]) + " tuned")
+    t.add_row("Fresnel lens (Wiener)", cell(b["fresnel"]), cell(b["fresnel"].get("quantized")),
+              _gamma(b["fresnel"]["gamma"]) + " tuned")
+    if "cubic" in b:
+        t.add_row(f"cubic plate (α = {b['cubic']['strength_waves']:.3g} waves)", cell(b["cubic"]),
+                  cell(b["cubic"].get("quantized")), _gamma(b["cubic"]["gamma"]) + " tuned")
+    if "bicubic" in b:
+        t.add_row("Fresnel lens, bicubic upsampling", cell(b["bicubic"]), "", "–")
     return t
+
+
+def _gain_line(summary: dict[str, Any]) -> str:
+    gd = summary["gain_db"]
+    names = {"vs_fresnel": "Fresnel lens", "vs_cubic": "cubic plate", "vs_bicubic": "bicubic upsampling"}
+    parts = [f"vs {names[k]} {gd[k]:+.2f} dB" for k in names if k in gd]
+    return f"design {', '.join(parts)}; quantization costs {gd['quantization_loss']:.2f} dB"
 
 
 def register(app: typer.Typer) -> None:
@@ -102,8 +132,9 @@ def register(app: typer.Typer) -> None:
                                                     "runs and resumes; more threads are faster on big CPUs)")] = None,
         no_eval: Annotated[bool, typer.Option("--no-eval", help="skip the final comparison with the baselines")] = False,
     ) -> None:
-        """Optimize the element and its Wiener filter end to end; compare with the Fresnel lens and a tuned cubic
-        phase plate on held-out images (RUN/summary.json)."""
+        """Optimize the element and its reconstruction (Wiener filter, optionally a U-Net) end to end; compare with
+        the Fresnel lens and a tuned cubic phase plate (task superres: bicubic upsampling) on held-out images
+        (RUN/summary.json)."""
         s = _resolve_images(load_spec(spec), spec)
         if resume and force:
             raise LensdesignError("--resume and --force: choose one (--force starts the run again, --resume continues it)")
@@ -155,8 +186,11 @@ def register(app: typer.Typer) -> None:
             torch.set_num_threads(threads)
         nt = torch.get_num_threads()
         on = f"{dev} ({nt} thread{'s' if nt > 1 else ''})" if dev.type == "cpu" else str(dev)
-        console.print(f"optimize [bold]{s.name}[/bold] ({s.task}): {g.n} × {g.n} element at {g.dx * 1e6:.3g} um, "
-                      f"{len(s.depths_m)} depths × {len(s.wavelengths)} wavelengths, {s.training.steps} steps on {on}")
+        r = s.reconstruction
+        rec = "Wiener" if r.kind == "wiener" else f"Wiener + U-Net ({r.unet_channels} channels, depth {r.unet_depth})"
+        sr = f", ×{s.sensor.superres_factor} super-resolution" if s.sensor.superres_factor > 1 else ""
+        console.print(f"optimize [bold]{s.name}[/bold] ({s.task}{sr}): {g.n} × {g.n} element at {g.dx * 1e6:.3g} um, "
+                      f"{len(s.depths_m)} depths × {len(s.wavelengths)} wavelengths, {rec}, {s.training.steps} steps on {on}")
         t0 = time.monotonic()
         columns = [TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
                    TextColumn("loss {task.fields[loss]}"), TextColumn("val PSNR {task.fields[val]} dB"),
@@ -179,9 +213,7 @@ def register(app: typer.Typer) -> None:
             console.print(f"[yellow]stopped early[/yellow]: {result.stopped}")
         if result.summary is not None:
             console.print(_summary_table(result.summary))
-            gd = result.summary["gain_db"]
-            console.print(f"design vs Fresnel lens {gd['vs_fresnel']:+.2f} dB, vs cubic plate {gd['vs_cubic']:+.2f} dB; "
-                          f"quantization costs {gd['quantization_loss']:.2f} dB")
+            console.print(_gain_line(result.summary))
         console.print(f"wrote {out} in {time.monotonic() - t0:.0f} s")
 
     @app.command()
@@ -196,7 +228,8 @@ def register(app: typer.Typer) -> None:
         seed: Annotated[int, typer.Option("--seed", help="noise seed")] = 0,
     ) -> None:
         """Image a picture through a run's design (one depth, or layers from a depth map), add sensor noise and
-        reconstruct it with the run's Wiener filter; writes sensor.png, recon.png and metrics.json."""
+        reconstruct it with the run's Wiener filter (and U-Net); writes sensor.png, recon.png and metrics.json.
+        Super-resolution runs: the picture is the fine-grid scene, sensor.png the coarser sensor image."""
         if depth_m is not None and depth_map is not None:
             raise LensdesignError("--depth-m and --depth-map: give one of them (one depth for the whole picture, or a map)")
         if not image.is_file():

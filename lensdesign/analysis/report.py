@@ -89,6 +89,7 @@ class ReportContext:
     progress: Progress
     notes: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    recon: Any = None  # the run's learned reconstruction with a U-Net (lensdesign.evaluate.load_reconstruction), if any
 
 
 # ---- helpers -------------------------------------------------------------------------------------------------
@@ -304,14 +305,18 @@ class ImageQuality:
                                                   seed=self.ctx.settings.seed)
         return self._images
 
-    def evaluate(self, height: np.ndarray, gamma: Any = None) -> dict[str, Any]:
-        """evaluate_height on the report's validation images (cached: identical heights and γ are evaluated once)."""
+    def evaluate(self, height: np.ndarray, gamma: Any = None, learned: bool = False) -> dict[str, Any]:
+        """evaluate_height on the report's validation images (cached: identical heights and γ are evaluated once).
+
+        `learned`: reconstruct with the run's U-Net too (for the design and its fabricated variants)."""
         assert self.ev is not None
         h = np.ascontiguousarray(height, dtype=np.float32)
-        key = (hashlib.sha1(h.tobytes()).hexdigest(), json.dumps(gamma))
+        recon = self.ctx.recon if learned else None
+        key = (hashlib.sha1(h.tobytes()).hexdigest(), json.dumps(gamma), recon is not None)
         if key not in self._cache:
+            kw = {"recon": recon} if recon is not None else {}
             self._cache[key] = self.ev.evaluate_height(self.ctx.spec, h, gamma=gamma, device=self.ctx.settings.device,
-                                                       seed=self.ctx.settings.seed, images=self.images())
+                                                       seed=self.ctx.settings.seed, images=self.images(), **kw)
         return self._cache[key]
 
     def run(self) -> None:
@@ -334,7 +339,7 @@ class ImageQuality:
         out: dict[str, Any] = {}
         for k, name in enumerate(names):
             gamma = self.gammas.get("design") if name == "design (quantized)" else None
-            r = self.evaluate(self.heights[name], gamma)
+            r = self.evaluate(self.heights[name], gamma, learned=name.startswith("design"))
             self.gammas[name] = r.get("gamma")
             out[name] = r
             ctx.progress("image quality (PSNR / SSIM)", k + 1, len(names))
@@ -371,9 +376,10 @@ class ImageQuality:
                                                 images=img).get("gamma")
                 self.gammas[name] = gamma
             cells = []
+            kw = {"recon": self.ctx.recon} if name == "design" and self.ctx.recon is not None else {}
             for z in depths:
                 sensor, recon = self.ev.simulate_examples(self.ctx.spec, self.heights[name], gamma, z, img[0],
-                                                          seed=self.ctx.settings.seed)
+                                                          seed=self.ctx.settings.seed, **kw)
                 p = M.psnr_db(recon, truth)
                 cells.append((np.asarray(sensor), np.asarray(recon), f"{p:.1f} dB"))
                 done += 1
@@ -393,8 +399,10 @@ def _load(run_path: Path, settings: ReportSettings, progress: Progress | None) -
     levels = int(design.meta.get("levels", spec.fabrication.levels))
     max_h = float(design.meta.get("max_height_m", spec.max_height_m))
     q = np.asarray(quantize(h.astype(np.float64), max_h, levels), dtype=np.float32)
+    ev = _evaluate_module()
+    recon = ev.load_reconstruction(design) if ev is not None and hasattr(ev, "load_reconstruction") else None
     return ReportContext(run=run, spec=spec, height=h, quantized=q, meta=dict(design.meta), summary=read_summary(run),
-                         settings=settings, progress=progress or (lambda *_: None))
+                         settings=settings, progress=progress or (lambda *_: None), recon=recon)
 
 
 def build_report(run_path: str | Path, settings: ReportSettings | None = None,
@@ -478,7 +486,7 @@ def _build_report(run_path: str | Path, settings: ReportSettings, progress: Prog
     ex = None
     if iq.ev is not None:
         ex_depths = sorted({depths[0], depths[len(depths) // 2], depths[-1]}, key=lambda z: -figures.diopters(z)[0])
-        ex = iq.examples(["design", "fresnel", "cubic"], ex_depths)
+        ex = iq.examples(["design", "fresnel"] + ([] if spec.task == "superres" else ["cubic"]), ex_depths)
         ex_titles = [figures.depth_label(z) for z in ex_depths]
     ctx.timings["examples"] = time.perf_counter() - t0
 
@@ -615,16 +623,16 @@ def fabrication(ctx: ReportContext, fa: FieldAnalyzer, iq: ImageQuality) -> tupl
     psnr_c = psnr_q = None
     if use_psnr:
         # one γ for continuous, quantized and as built: the design's (from summary.json or tuned on the continuous map)
-        rc = iq.evaluate(ctx.height, iq.gammas.get("design"))
+        rc = iq.evaluate(ctx.height, iq.gammas.get("design"), learned=True)
         gamma = rc.get("gamma")
         psnr_c = rc["mean_psnr_db"]
-        psnr_q = iq.evaluate(ctx.quantized, gamma)["mean_psnr_db"]
+        psnr_q = iq.evaluate(ctx.quantized, gamma, learned=True)["mean_psnr_db"]
         iq.gammas.setdefault("design", gamma)
 
     def evaluate(h: np.ndarray) -> dict[str, Any]:
         r: dict[str, Any] = dict(meter(h))
         if use_psnr:
-            r["psnr_db"] = float(iq.evaluate(h.astype(np.float32), gamma)["mean_psnr_db"])
+            r["psnr_db"] = float(iq.evaluate(h.astype(np.float32), gamma, learned=True)["mean_psnr_db"])
         return r
 
     samples = monte_carlo(ctx.height, errors, s.samples, s.seed, evaluate,
@@ -705,6 +713,15 @@ def _table(head: list[str], rows: list[list[str]], left: int = 1) -> str:
     return f"<table><tr>{th}</tr>{body}</table>"
 
 
+def _recon_label(ctx: ReportContext) -> str:
+    """The run's reconstruction in words: Wiener, or Wiener + U-Net with its size."""
+    arch = ctx.meta.get("reconstruction_arch")
+    if isinstance(arch, dict) and arch.get("kind") == "unet":
+        return (f"Wiener filter (learned γ) + U-Net ({arch.get('unet_channels')} channels, depth {arch.get('unet_depth')}"
+                f"{', sensor image as a second input' if arch.get('unet_sensor_input') else ''}); baselines: Wiener, γ tuned")
+    return "Wiener filter, γ tuned per design"
+
+
 def render_html(ctx: ReportContext, rep: dict[str, Any], figs: dict[str, bytes], psfa: PSFAnalysis, iq: ImageQuality) -> str:
     """The self-contained page: every figure embedded as a base64 PNG."""
     spec = ctx.spec
@@ -728,7 +745,11 @@ def render_html(ctx: ReportContext, rep: dict[str, Any], figs: dict[str, bytes],
                                            f"{fab0['levels']} ({e(fab0['process'])})"],
         ["element grid", f"{ctx.height.shape[0]} × {ctx.height.shape[1]} at {o.pitch * 1e6:.4g} µm"],
         ["sensor", f"{spec.sensor.resolution[0]} × {spec.sensor.resolution[1]} px at {spec.sensor.pixel_pitch * 1e6:.4g} µm; "
-                   f"Nyquist {rep['sensor_nyquist_cyc_per_mm']:.4g} cycles/mm"],
+                   f"Nyquist {rep['sensor_nyquist_cyc_per_mm']:.4g} cycles/mm" + (
+                       f"; super-resolution ×{spec.sensor.superres_factor} (output grid "
+                       f"{spec.sensor.pixel_pitch / spec.sensor.superres_factor * 1e6:.4g} µm)"
+                       if spec.sensor.superres_factor > 1 else "")],
+        ["reconstruction", _recon_label(ctx)],
         ["analysis sampling", f"whole simulated field ({st['field_width_m'] * 1e3:.3g} mm), PSF pitch "
                               f"{st['analysis_pitch_m'] * 1e6:.3g} µm (simulation pitch / {st['oversample']}, band-limited "
                               f"interpolation); propagator {e(st['propagator'])}"],
@@ -824,9 +845,9 @@ def render_html(ctx: ReportContext, rep: dict[str, Any], figs: dict[str, bytes],
     parts.append(_table(["", "continuous", "quantized", "as built"], frows))
     parts.append("<p class=muted>Measured efficiency: energy within 1.22 λN of the continuous design's peak, quantized "
                  "(or as built) over continuous, averaged over depths and wavelengths. PSNR here: computed by the report "
-                 "with lensdesign.evaluate on the same validation images and one Wiener γ (the design's) for the "
-                 "continuous, quantized and as-built elements, so the three are comparable; it can differ slightly from "
-                 "the image-quality section when that comes from summary.json.</p>")
+                 "with lensdesign.evaluate on the same validation images and one Wiener γ (the design's, and its U-Net "
+                 "if it has one) for the continuous, quantized and as-built elements, so the three are comparable; it "
+                 "can differ slightly from the image-quality section when that comes from summary.json.</p>")
     parts.append(_img(figs, "fabrication.png", "Spread of the as-built Strehl ratio and PSNR over the Monte Carlo samples."))
     tim = ", ".join(f"{k} {v:.1f} s" for k, v in rep["timings_s"].items())
     parts.append(f"<p class=muted>timings: {e(tim)}. Numbers: report.json beside this page.</p>")

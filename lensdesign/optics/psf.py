@@ -159,6 +159,7 @@ class OpticalSystem:
         f = torch.fft.fftfreq(m, dtype=torch.float64)
         ramp = torch.polar(torch.ones(m, dtype=torch.float64), 2 * math.pi * f * self.crop_start)
         self.h_window = (self.h.cpu().to(torch.complex128) * (ramp[:, None] * ramp[None, :])).to(torch.complex64).to(self.device)
+        self.h_window_conj = self.h_window.conj().resolve_conj()  # the adjoint's, materialized once
         self.chunk_bytes = chunk_bytes
 
     def source_waves(self, depths: list[float]) -> torch.Tensor:
@@ -191,11 +192,15 @@ class OpticalSystem:
 
 
 def _bin(x: torch.Tensor, b: int) -> torch.Tensor:
+    """Sum b × b blocks of the last two axes (sensor-pixel integration); strided slices beat reshape-sum."""
     if b == 1:
         return x
-    *lead, k, _ = x.shape
-    p = k // b
-    return x.reshape(*lead, p, b, p, b).sum(dim=(-1, -3))
+    out = x[..., 0::b, 0::b].clone()
+    for i in range(b):
+        for j in range(b):
+            if i or j:
+                out += x[..., i::b, j::b]
+    return out
 
 
 def _unbin(g: torch.Tensor, b: int) -> torch.Tensor:
@@ -214,10 +219,10 @@ def _forward_field(padded: torch.Tensor, hf: torch.Tensor, k: int) -> torch.Tens
     return torch.fft.ifft2(f)[..., :k, :k]
 
 
-def _adjoint_field(padded: torch.Tensor, hf: torch.Tensor, n: int) -> torch.Tensor:
-    """Adjoint of `_forward_field`: zero-padded window gradient (c, m, m) → element-plane gradient (c, N, N)."""
+def _adjoint_field(padded: torch.Tensor, hf_conj: torch.Tensor, n: int) -> torch.Tensor:
+    """Adjoint of `_forward_field` given conj(hf): zero-padded window gradient (c, m, m) → gradient (c, N, N)."""
     f = torch.fft.fft2(padded)
-    f.mul_(hf.conj())
+    f.mul_(hf_conj)
     return torch.fft.ifft2(f)[..., :n, :n]
 
 
@@ -248,25 +253,25 @@ class PSFStack(torch.autograd.Function):
                 torch.mul(src_all[a:b, w], t[w], out=inp[:, : g.n, : g.n])
                 u = _forward_field(inp, s.h_window[w], k)
                 saved[a:b, w] = u
-                out[a:b, w] = _bin(u.abs().square_(), g.bin)
+                out[a:b, w] = _bin(u.real.square() + u.imag.square(), g.bin)  # |u|² without a square root
         ctx.system = s
-        ctx.save_for_backward(height, saved, src_all)
+        ctx.save_for_backward(t, saved, src_all)
         return out
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor) -> tuple[torch.Tensor, None, None]:  # type: ignore[override]
         s: OpticalSystem = ctx.system
-        height, saved, src_all = ctx.saved_tensors
+        t, saved, src_all = ctx.saved_tensors
         g = s.grid
         dd, ww = src_all.shape[0], src_all.shape[1]
         n, m = g.n, g.m
         gi = grad_out.to(torch.float32)
-        t = torch.polar(torch.ones_like(height), s.phase_per_m[:, None, None] * height[None])
-        grad_h = torch.zeros(n, n, dtype=torch.float32, device=height.device)
-        acc = torch.empty(n, n, dtype=torch.complex64, device=height.device)
+        dev = t.device
+        grad_h = torch.zeros(n, n, dtype=torch.float32, device=dev)
+        acc = torch.empty(n, n, dtype=torch.complex64, device=dev)
         chunk = s.chunk_for(dd)
         k = g.window_fine
-        pad = torch.zeros(chunk, m, m, dtype=torch.complex64, device=height.device)
+        pad = torch.zeros(chunk, m, m, dtype=torch.complex64, device=dev)
         for w in range(ww):
             acc.zero_()
             for a in range(0, dd, chunk):
@@ -274,9 +279,10 @@ class PSFStack(torch.autograd.Function):
                 inp = pad[: b - a]
                 # dL/du* (torch convention): 2 u dL/dI on the window
                 torch.mul(_unbin(gi[a:b, w], g.bin).mul_(2.0), saved[a:b, w], out=inp[:, :k, :k])
-                g_u0 = _adjoint_field(inp, s.h_window[w], n)
+                g_u0 = _adjoint_field(inp, s.h_window_conj[w], n)
                 # Σ_d conj(src_d) · gU_d; the element factor conj(t_w) is applied once per wavelength below
-                acc += (src_all[a:b, w].conj() * g_u0).sum(0)
+                for i in range(b - a):
+                    acc.addcmul_(src_all[a + i, w].conj(), g_u0[i])
             # U = src·t, t = exp(i a h): dL/dh = a · Im(conj(U) · gU) = a · Im(conj(t) · Σ conj(src) gU)
             grad_h += s.phase_per_m[w] * (t[w].conj() * acc).imag
         return grad_h, None, None

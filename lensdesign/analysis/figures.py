@@ -144,6 +144,14 @@ def height_figure(height: np.ndarray, quantized: np.ndarray, pitch: float, level
         return to_png(fig)
 
 
+def _psf_window(k: int, pitch: float, half_width: float) -> tuple[int, int, tuple[float, float, float, float]]:
+    """Centre index, shown half-width (samples) and imshow extent (µm) of a k-sample PSF window at `pitch` (m)."""
+    c = k // 2
+    hw = max(1, min(c, round(half_width / pitch)))
+    ext_um = (hw + 0.5) * pitch * 1e6
+    return c, hw, (-ext_um, ext_um, -ext_um, ext_um)
+
+
 def psf_grid_figure(psfs: np.ndarray, pitch: float, depths: Sequence[float], wavelengths: Sequence[float],
                     ref_peaks: np.ndarray, half_width: float, floor: float = 1e-4) -> bytes:
     """PSFs per depth (rows) × wavelength (columns), log10 of intensity over the diffraction-limited peak.
@@ -153,10 +161,7 @@ def psf_grid_figure(psfs: np.ndarray, pitch: float, depths: Sequence[float], wav
     """
     with plt.rc_context(STYLE):
         d, w, k, _ = psfs.shape
-        c = k // 2
-        hw = max(1, min(c, round(half_width / pitch)))
-        ext_um = (hw + 0.5) * pitch * 1e6
-        ext = (-ext_um, ext_um, -ext_um, ext_um)
+        c, hw, ext = _psf_window(k, pitch, half_width)
         fig, axes = plt.subplots(d, w, figsize=(max(6.5, 2.9 * w + 1.2), 2.75 * d + 0.8), squeeze=False,
                                  layout="constrained")
         im = None
@@ -186,10 +191,7 @@ def psf_rgb_figure(psfs: np.ndarray, pitch: float, depths: Sequence[float], wave
     """Colour composite of the PSF per depth (square-root stretch, each panel scaled to its own maximum)."""
     with plt.rc_context(STYLE):
         d, _w, k, _ = psfs.shape
-        c = k // 2
-        hw = max(1, min(c, round(half_width / pitch)))
-        ext_um = (hw + 0.5) * pitch * 1e6
-        ext = (-ext_um, ext_um, -ext_um, ext_um)
+        c, hw, ext = _psf_window(k, pitch, half_width)
         wts = composite_channels(wavelengths)
         ncol = min(d, 5)
         nrow = math.ceil(d / ncol)

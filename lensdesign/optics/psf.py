@@ -286,8 +286,3 @@ class PSFStack(torch.autograd.Function):
             # U = src·t, t = exp(i a h): dL/dh = a · Im(conj(U) · gU) = a · Im(conj(t) · Σ conj(src) gU)
             grad_h += s.phase_per_m[w] * (t[w].conj() * acc).imag
         return grad_h, None, None
-
-
-def sensor_psf(system: OpticalSystem, height: torch.Tensor) -> torch.Tensor:
-    """Convenience: PSF stack for a height map given as any array-like (N, N) in metres."""
-    return system.psf(torch.as_tensor(height, dtype=torch.float32))

@@ -275,3 +275,33 @@ def test_psf_gradient_matches_autograd_reference() -> None:
     fd = (loss(x0 + d) - loss(x0 - d)) / 2
     an = (h.grad.double() * d).sum()
     assert abs(fd - an) / abs(an) < 1e-3, (fd, an)
+
+
+def test_psf_workspaces_reused_between_calls_give_fresh_results() -> None:
+    """The zero-padded buffers kept between calls hold no trace of earlier PSFs or gradients.
+
+    The PSF window (42 fine pixels) is larger than the element (32), so a gradient left in a buffer that the
+    forward pass reuses would reach the next PSF.
+    """
+    spec = parse_spec({
+        "optics": {"aperture": "64 um", "sensor_distance": "1 mm", "pitch": "2 um"},
+        "wavelengths": ["460 nm", "640 nm"], "scene": {"depths": ["5 mm", "inf"]},
+        "sensor": {"pixel_pitch": "4 um", "psf_size": 21},
+    })
+    torch.manual_seed(1)
+    reused = OpticalSystem(spec)
+    g = reused.grid
+    assert g.window_fine > g.n
+    heights = [torch.rand(g.n, g.n) * 1e-6 for _ in range(2)]
+    weights = [torch.randn(reused.shape) for _ in range(2)]
+
+    def run(system: OpticalSystem, h: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = h.clone().requires_grad_()
+        p = system.psf(x)
+        (p * w).sum().backward()
+        return p.detach(), x.grad
+
+    run(reused, heights[0], weights[0])  # leaves the first PSF and gradient in the workspaces
+    p_reused, g_reused = run(reused, heights[1], weights[1])
+    p_fresh, g_fresh = run(OpticalSystem(spec), heights[1], weights[1])
+    assert torch.equal(p_reused, p_fresh) and torch.equal(g_reused, g_fresh)

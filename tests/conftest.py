@@ -9,15 +9,33 @@ from pathlib import Path
 import pytest
 import yaml
 
-TINY = {
-    "name": "tiny",
-    "task": "edof",
+# The optical system of the tiny specs: 0.5 mm at f/20, 126² element, 3 depths 0.1 m … ∞.
+TINY_SYSTEM = {
     "optics": {"aperture": "0.5 mm", "sensor_distance": "10 mm", "pitch": "4 um"},
     "wavelengths": ["460 nm", "550 nm", "640 nm"],
     "scene": {"depths": {"min": "0.1 m", "max": "inf", "count": 3}},
     "sensor": {"pixel_pitch": "8 um", "resolution": [32, 32], "read_noise": 0.005},
+}
+TINY = {
+    "name": "tiny",
+    "task": "edof",
+    **TINY_SYSTEM,
     "training": {"steps": 5, "images": "builtin", "seed": 0, "device": "cpu"},
     "fabrication": {"process": "multilevel", "levels": 8, "min_feature": "4 um"},
+}
+
+# A tiny but not trivial EDOF problem for optimization: 0.71 waves of defocus at the ends of 0.04 m … ∞.
+HARD = {
+    "name": "tinyhard",
+    "task": "edof",
+    "optics": {"aperture": "0.5 mm", "sensor_distance": "10 mm", "pitch": "4 um", "padding": 1.5},
+    "wavelengths": ["460 nm", "550 nm", "640 nm"],
+    "scene": {"depths": {"min": "0.04 m", "max": "inf", "count": 3}},
+    "sensor": {"pixel_pitch": "8 um", "resolution": [32, 32], "read_noise": [0.002, 0.01], "psf_size": 21},
+    "reconstruction": {"gamma_init": 0.01},
+    "training": {"steps": 30, "batch_size": 2, "patch_size": 32, "learning_rate": 0.05, "images": "builtin",
+                 "seed": 0, "device": "cpu", "validation_images": 3},
+    "fabrication": {"process": "multilevel", "levels": 8, "min_feature": "4 um", "height_tolerance": "20 nm"},
 }
 
 

@@ -18,20 +18,7 @@ from lensdesign.errors import LensdesignError
 from lensdesign.optimize import QuantSchedule, Trainer, lr_factor, step_generator
 from lensdesign.spec import parse_spec
 from lensdesign.system import EndToEnd, Pipeline, fabricate, make_task
-
-# A tiny but not trivial EDOF problem: 0.71 waves of defocus at the ends of 0.04 m … ∞, 126² element.
-HARD = {
-    "name": "tinyhard",
-    "task": "edof",
-    "optics": {"aperture": "0.5 mm", "sensor_distance": "10 mm", "pitch": "4 um", "padding": 1.5},
-    "wavelengths": ["460 nm", "550 nm", "640 nm"],
-    "scene": {"depths": {"min": "0.04 m", "max": "inf", "count": 3}},
-    "sensor": {"pixel_pitch": "8 um", "resolution": [32, 32], "read_noise": [0.002, 0.01], "psf_size": 21},
-    "reconstruction": {"gamma_init": 0.01},
-    "training": {"steps": 30, "batch_size": 2, "patch_size": 32, "learning_rate": 0.05, "images": "builtin",
-                 "seed": 0, "device": "cpu", "validation_images": 3},
-    "fabrication": {"process": "multilevel", "levels": 8, "min_feature": "4 um", "height_tolerance": "20 nm"},
-}
+from tests.conftest import HARD
 
 
 def hard(**changes) -> dict:

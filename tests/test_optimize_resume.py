@@ -16,18 +16,14 @@ import yaml
 from safetensors import safe_open
 from safetensors.torch import load_file
 
+from tests.conftest import HARD
+
 STEPS = 40
 SPEC = {
+    **HARD,
     "name": "resume",
-    "task": "edof",
-    "optics": {"aperture": "0.5 mm", "sensor_distance": "10 mm", "pitch": "4 um", "padding": 1.5},
-    "wavelengths": ["460 nm", "550 nm", "640 nm"],
-    "scene": {"depths": {"min": "0.04 m", "max": "inf", "count": 3}},
-    "sensor": {"pixel_pitch": "8 um", "resolution": [32, 32], "read_noise": [0.002, 0.01], "psf_size": 21},
-    "reconstruction": {"gamma_init": 0.01},
     "training": {"steps": STEPS, "batch_size": 1, "patch_size": 32, "learning_rate": 0.05, "images": "builtin",
                  "seed": 5, "device": "cpu", "validation_images": 2},
-    "fabrication": {"process": "multilevel", "levels": 8, "min_feature": "4 um", "height_tolerance": "20 nm"},
 }
 
 

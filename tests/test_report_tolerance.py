@@ -14,14 +14,9 @@ from lensdesign.analysis.tolerance import FabricationErrors, as_built_height, bi
 from lensdesign.baselines import cubic_height
 from lensdesign.fabrication.quantize import level_index, quantize
 from lensdesign.spec import parse_spec
+from tests.conftest import TINY_SYSTEM
 
-TINY = {
-    "name": "tiny",
-    "optics": {"aperture": "0.5 mm", "sensor_distance": "10 mm", "pitch": "4 um"},
-    "wavelengths": ["460 nm", "550 nm", "640 nm"],
-    "scene": {"depths": {"min": "0.1 m", "max": "inf", "count": 3}},
-    "sensor": {"pixel_pitch": "8 um", "resolution": [32, 32], "read_noise": 0.005},
-}
+TINY = {"name": "tiny", **TINY_SYSTEM}
 
 
 @pytest.fixture(scope="module")

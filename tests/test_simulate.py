@@ -14,6 +14,7 @@ from PIL import Image
 from lensdesign.baselines import cubic_height, fresnel_height
 from lensdesign.evaluate import evaluate_height, pipeline_for, simulate_examples, validation_set
 from lensdesign.spec import parse_spec
+from tests.conftest import TINY_SYSTEM
 
 
 def _picture(path: Path, h: int = 60, w: int = 80) -> Path:
@@ -26,10 +27,7 @@ def _picture(path: Path, h: int = 60, w: int = 80) -> Path:
 
 TINY_RUN = {
     "name": "tiny",
-    "optics": {"aperture": "0.5 mm", "sensor_distance": "10 mm", "pitch": "4 um"},
-    "wavelengths": ["460 nm", "550 nm", "640 nm"],
-    "scene": {"depths": {"min": "0.1 m", "max": "inf", "count": 3}},
-    "sensor": {"pixel_pitch": "8 um", "resolution": [32, 32], "read_noise": 0.005},
+    **TINY_SYSTEM,
     "reconstruction": {"gamma_init": 0.01},
     "training": {"steps": 1, "device": "cpu"},
     "fabrication": {"levels": 8, "min_feature": "4 um"},

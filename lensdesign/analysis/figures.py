@@ -18,6 +18,8 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from lensdesign.imaging.scenes import diopters as scene_diopters
+
 DPI = 100
 STYLE = {
     "font.size": 10,
@@ -42,10 +44,8 @@ def depth_label(z: float) -> str:
 
 
 def diopters(z: float | Sequence[float] | np.ndarray) -> np.ndarray:
-    """Object vergence 1/z (1/m); 0 for infinity."""
-    a = np.atleast_1d(np.asarray(z, dtype=np.float64))
-    with np.errstate(divide="ignore"):
-        return np.where(np.isinf(a), 0.0, 1.0 / a)
+    """Object vergence 1/z (1/m) as an array of at least one dimension; 0 for infinity."""
+    return np.atleast_1d(scene_diopters(np.asarray(z, dtype=np.float64)))
 
 
 def wavelength_rgb(wavelength: float) -> tuple[float, float, float]:

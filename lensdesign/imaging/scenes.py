@@ -309,5 +309,5 @@ def depth_layers(depth_map_m: np.ndarray, layer_depths_m: list[float]) -> np.nda
     """Index of the nearest layer (in diopters) for each pixel of a depth map in metres → (H, W) int64."""
     d = np.asarray(depth_map_m, dtype=np.float64)
     p = diopters(d)
-    layers = np.asarray([0.0 if math.isinf(z) else 1.0 / z for z in layer_depths_m])
+    layers = diopters(np.asarray(layer_depths_m, dtype=np.float64))
     return np.abs(p[..., None] - layers).argmin(axis=-1).astype(np.int64)

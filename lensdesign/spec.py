@@ -12,7 +12,16 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AllowInfNan,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from lensdesign.errors import SpecError
 
@@ -61,11 +70,16 @@ def parse_length(value: Any, allow_inf: bool = False) -> float:
 
 
 Length = Annotated[float, BeforeValidator(lambda v: parse_length(v))]
-Depth = Annotated[float, BeforeValidator(lambda v: parse_length(v, allow_inf=True))]
+Depth = Annotated[float, AllowInfNan(True), BeforeValidator(lambda v: parse_length(v, allow_inf=True))]
+
+# Largest element grid (samples per side, aperture / pitch) a spec may ask for: the padded FFT grid is up to 4× wider.
+MAX_GRID = 32768
+MAX_RESOLUTION = 16384
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # every float must be finite (inf / nan are refused; depths opt back in to 'inf')
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class CustomMaterial(_Model):
@@ -121,7 +135,7 @@ class DepthRange(_Model):
 
 
 class Scene(_Model):
-    depths: DepthRange | list[Depth]
+    depths: DepthRange | Annotated[list[Depth], Field(max_length=64)]
     focus_depth: Depth | Literal["auto"] = "auto"
 
     @field_validator("depths")
@@ -134,7 +148,7 @@ class Scene(_Model):
 
 class Sensor(_Model):
     pixel_pitch: Length = 4e-6
-    resolution: tuple[int, int] = (256, 256)
+    resolution: tuple[Annotated[int, Field(le=MAX_RESOLUTION)], Annotated[int, Field(le=MAX_RESOLUTION)]] = (256, 256)
     read_noise: float | tuple[float, float] = (0.001, 0.01)
     full_well: float | None = Field(None, gt=0, description="electrons at full scale; enables shot noise")
     bit_depth: int | None = Field(None, ge=1, le=16)
@@ -161,21 +175,21 @@ class Sensor(_Model):
 
 class Reconstruction(_Model):
     kind: Literal["wiener", "unet"] = "wiener"
-    gamma_init: float = Field(2.0, gt=0)
+    gamma_init: float = Field(0.003, gt=0, le=1e6, description="initial Wiener γ in units of |H|² (H(0) = 1)")
     unet_channels: int = Field(16, ge=4, le=128)
     unet_depth: int = Field(3, ge=1, le=5)
     unet_sensor_input: bool = False
 
 
 class Training(_Model):
-    steps: int = Field(2000, ge=0)
-    batch_size: int = Field(1, ge=1)
-    learning_rate: float = Field(0.1, gt=0)
+    steps: int = Field(2000, ge=0, le=100_000_000)
+    batch_size: int = Field(1, ge=1, le=4096)
+    learning_rate: float = Field(0.1, gt=0, le=10, description="per step, in units of max_height")
     images: str = "builtin"
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    patch_size: int | None = Field(None, ge=16)
-    validation_images: int = Field(4, ge=1)
+    patch_size: int | None = Field(None, ge=16, le=MAX_RESOLUTION)
+    validation_images: int = Field(4, ge=1, le=10_000)
     checkpoint_minutes: float = Field(2.0, gt=0)
     max_minutes: float | None = Field(None, gt=0, description="stop early after this wall time")
 
@@ -200,7 +214,7 @@ class Spec(_Model):
     name: str = "design"
     task: Literal["edof", "superres", "focus"] = "edof"
     optics: Optics
-    wavelengths: list[Length]
+    wavelengths: list[Length] = Field(max_length=32)
     scene: Scene
     sensor: Sensor = Sensor()
     reconstruction: Reconstruction = Reconstruction()
@@ -225,6 +239,10 @@ class Spec(_Model):
 
     @model_validator(mode="after")
     def _consistent(self) -> Spec:
+        samples = self.optics.aperture / self.optics.pitch
+        if samples > MAX_GRID:
+            raise ValueError(f"optics.pitch: aperture / pitch = {samples:.3g} samples per side, more than the {MAX_GRID} "
+                             "lensdesign simulates; raise optics.pitch or reduce optics.aperture")
         if isinstance(self.optics.material, CustomMaterial) and len(self.optics.material.index) != len(self.wavelengths):
             raise ValueError(
                 f"optics.material.index has {len(self.optics.material.index)} values but there are "
@@ -339,6 +357,10 @@ def validation_message(err: ValidationError, source: str = "spec") -> str:
         msg = "unknown key; check the spelling against the spec reference in README.md"
     elif best["type"] == "missing":
         msg = "required field is missing"
+    elif best["type"] == "finite_number":
+        msg = f"must be a finite number, not {best.get('input')!r}; write an ordinary number such as 0.5"
+    if loc == "spec" and re.match(r"(name|task|optics|wavelengths|scene|sensor|reconstruction|training|fabrication)\b", msg):
+        return f"{source}: {msg}"  # a whole-spec check whose message names its field
     return f"{source}: {loc}: {msg}"
 
 

@@ -119,6 +119,7 @@ def register(app: typer.Typer) -> None:
         With no file option, writes TIFF + GDS (multilevel, grayscale) or TIFF + STL (two_photon).
         """
         from lensdesign.fabrication.export import ExportOptions, export_run
+        from lensdesign.lock import run_lock
 
         opts = ExportOptions(
             tiff=tiff, gds=gds, oasis=oasis, stl=stl, levels=levels, process=process, out=out, force=force,
@@ -128,7 +129,8 @@ def register(app: typer.Typer) -> None:
         )
         if workers is not None and workers < 1:
             raise LensdesignError("--workers: use 1 or more")
-        res = export_run(run, opts)
+        with run_lock(run, "export", create=False):  # one writer per run directory
+            res = export_run(run, opts)
         console.print(rules_table(res.rules))
         console.print(summary_table(res.rules))
         for w in res.warnings:

@@ -119,6 +119,7 @@ def _gain_line(summary: dict[str, Any]) -> str:
 def register(app: typer.Typer) -> None:
     @app.command()
     def optimize(
+        ctx: typer.Context,
         spec: Annotated[Path, typer.Argument(help="spec YAML file")],
         out: Annotated[Path, typer.Option("--out", help="run directory to write")],
         steps: Annotated[int | None, typer.Option("--steps", min=0, help="optimization steps (default training.steps)")] = None,
@@ -140,6 +141,9 @@ def register(app: typer.Typer) -> None:
             raise LensdesignError("--resume and --force: choose one (--force starts the run again, --resume continues it)")
         if device is not None and device not in ("auto", "cpu", "cuda"):
             raise LensdesignError(f"--device: {device!r} is not one of auto, cpu, cuda")
+        from lensdesign.lock import ensure_unlocked, run_lock
+
+        ensure_unlocked(out, "optimize")
         if resume:
             if not (out / "checkpoint.safetensors").is_file() or not (out / "spec.yaml").is_file():
                 raise LensdesignError(f"{out}: no checkpoint to resume from; run without --resume")
@@ -173,11 +177,15 @@ def register(app: typer.Typer) -> None:
         from lensdesign.device import pick_device
         from lensdesign.optics.psf import plan_grid
         from lensdesign.optimize import run_optimization
+        from lensdesign.preflight import check_run
         from lensdesign.system import check_supported
 
         check_supported(s)
         dev = pick_device(s.training.device)
         g = plan_grid(s)
+        check_run(s, out, dev)  # images, memory, writable --out: nothing is created for a run that cannot start
+        # one writer per run directory, held until the command ends
+        ctx.with_resource(run_lock(out, "optimize", log=console.print))
         if not resume and _is_run(out):
             _clear_run(out)
         if dev.type == "cpu":

@@ -121,15 +121,17 @@ def test_report_files_page_and_json_schema(single_report):
     assert len(td["mtf"]["design"]) == len(td["depths_m"]) >= 5
 
 
-def _write_optimized_run(path: Path, strength: float) -> dict:
-    """A run directory as `optimize` leaves it (design + summary.json), with a cubic-like design."""
+def _write_optimized_run(path: Path, strength: float, overrides: dict | None = None,
+                         extra_baselines: tuple[str, ...] = ()) -> dict:
+    """A run directory as `optimize` leaves it (design + summary.json), with a cubic-like design; `overrides`
+    replace top-level spec entries, `extra_baselines` add summary.json baselines under those names."""
     from lensdesign.baselines import cubic_height
     from lensdesign.optics.psf import plan_grid
     from lensdesign.rundir import RunDir, atomic_write_json, design_meta
     from lensdesign.spec import parse_spec
 
     data = {**SINGLE, "name": "opt", "wavelengths": ["460 nm", "550 nm", "640 nm"],
-            "scene": {"depths": {"min": "0.2 m", "max": "inf", "count": 3}}}
+            "scene": {"depths": {"min": "0.2 m", "max": "inf", "count": 3}}, **(overrides or {})}
     spec = parse_spec(data)
     g = plan_grid(spec)
     import torch
@@ -143,7 +145,8 @@ def _write_optimized_run(path: Path, strength: float) -> dict:
         return {"mean_psnr_db": base + 1, "per_depth": per, "gamma": 0.003}
 
     summary = {"design": entry(25.0), "design_quantized": entry(24.5),
-               "baselines": {"fresnel": entry(20.0), "cubic": {**entry(22.0), "strength_waves": strength}}}
+               "baselines": {"fresnel": entry(20.0), "cubic": {**entry(22.0), "strength_waves": strength},
+                             **{name: entry(21.0) for name in extra_baselines}}}
     atomic_write_json(path / "summary.json", summary)
     return summary
 
@@ -178,20 +181,63 @@ def test_report_errors_are_one_line(cli, tmp_path, single_report):
     assert r.returncode == 2 and "--mtf-frequency" in r.stderr
 
 
-def test_report_without_evaluate_or_monte_carlo_degrades_gracefully(single_report, tmp_path, monkeypatch):
-    """No summary.json and no lensdesign.evaluate: optics and fabrication optics only, with notes on the page."""
+def test_report_without_monte_carlo_leaves_the_as_built_column_empty(single_report, tmp_path):
+    """--samples 0: continuous and quantized numbers only; the as-built entries are null and the spread figure absent."""
     from lensdesign.analysis import report as R
 
-    monkeypatch.setattr(R, "_evaluate_module", lambda: None)
     rep = R.build_report(single_report, R.ReportSettings(out=tmp_path / "r", samples=0, device="cpu"))
-    assert rep["image_quality"] == {} and rep["image_quality_source"] == "unavailable"
-    assert any("image quality" in n for n in rep["notes"]) and any("fabrication" in n for n in rep["notes"])
     fab = rep["fabrication"]
-    assert fab["continuous_psnr_db"] is None and fab["as_built"]["psnr_db_mean"] is None
-    assert fab["as_built"]["strehl_mean"] is None and fab["as_built"]["samples"] == 0
-    assert isinstance(fab["quantized_strehl_mean"], float)
+    assert fab["as_built"] == {"samples": 0, "seed": 0, "strehl_mean": None, "psnr_db_mean": None, "psnr_db_p5": None}
+    assert isinstance(fab["quantized_strehl_mean"], float) and isinstance(fab["quantized_psnr_db"], float)
     names = {p.name for p in (tmp_path / "r").glob("*.png")}
-    assert "examples.png" not in names and "fabrication.png" not in names and "mtf.png" in names
+    assert "fabrication.png" not in names and {"mtf.png", "examples.png"} <= names
     page = (tmp_path / "r" / "index.html").read_text()
-    assert "Image quality not available" in page
+    assert page.count("data:image/png;base64,") == len(names)
+    assert "– mean, – 5th percentile" in page
     strict_json(tmp_path / "r" / "report.json")
+
+
+SUPERRES = {"task": "superres", "wavelengths": ["550 nm"],
+            "sensor": {"pixel_pitch": "16 um", "superres_factor": 2, "resolution": [16, 16], "read_noise": 0.005}}
+HOSTILE = "<script>alert(1)</script>"
+
+
+@pytest.fixture(scope="module")
+def superres_report(tmp_path_factory) -> Path:
+    """The report of a super-resolution run (16 µm pixels, ×2) whose summary.json names a baseline with HTML."""
+    from tests.conftest import run_cli
+
+    d = tmp_path_factory.mktemp("superres")
+    _write_optimized_run(d / "run", strength=2.0, overrides=SUPERRES, extra_baselines=(HOSTILE,))
+    r = run_cli("report", d / "run", "--samples", "0", "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    return d / "run" / "report"
+
+
+def test_superres_report_takes_nyquist_from_the_output_grid(superres_report):
+    rep = strict_json(superres_report / "report.json")
+    nyquist = 1 / (2 * 16e-3 / 2)  # cycles/mm of the 8 µm output grid, not the 16 µm sensor pixels
+    assert rep["sensor_nyquist_cyc_per_mm"] == pytest.approx(nyquist)
+    assert rep["through_depth_mtf"]["frequency_cyc_per_mm"] == pytest.approx(nyquist / 2)
+    assert rep["settings"]["mtf_frequency_cyc_per_mm"] == pytest.approx(nyquist / 2)
+    page = (superres_report / "index.html").read_text()
+    assert f"output grid 8 µm, Nyquist {nyquist:.4g} cycles/mm" in page
+
+
+def test_report_page_escapes_text_from_the_run(superres_report):
+    """A baseline name from summary.json lands in a table cell as text, never as markup."""
+    rep = strict_json(superres_report / "report.json")
+    assert HOSTILE in rep["image_quality"]["baselines"]
+    page = (superres_report / "index.html").read_text()
+    assert "<script" not in page
+    assert '<td class="l">&lt;script&gt;alert(1)&lt;/script&gt;</td>' in page
+
+
+def test_report_template_escapes_every_table_cell():
+    """The page's table macro, rendered alone: cells and headings are escaped, markup comes from the template only."""
+    from lensdesign.analysis.report_page import environment
+
+    table = environment().get_template("macros.html.j2").module.table
+    html = str(table([HOSTILE, "b"], [["x & y", HOSTILE]]))
+    assert "<script" not in html and html.count("&lt;script&gt;") == 2 and "x &amp; y" in html
+    assert html.count("<td") == 2 and html.count("<th") == 2

@@ -218,10 +218,11 @@ def psf_rgb_figure(psfs: np.ndarray, pitch: float, depths: Sequence[float], wave
 def mtf_figure(freq_cyc_per_mm: np.ndarray, mtf: np.ndarray, depths: Sequence[float], wavelengths: Sequence[float],
                cutoffs_cyc_per_mm: Sequence[float], sensor_nyquist_cyc_per_mm: float,
                band: tuple[np.ndarray, np.ndarray] | None = None,
-               cuts: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> bytes:
+               cuts: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None, nyquist_label: str = "sensor Nyquist") -> bytes:
     """Radially averaged MTF per depth (panels) and wavelength (colours) with the diffraction limit (dashed) and
-    the sensor Nyquist frequency. `mtf` (D, W, F) on `freq_cyc_per_mm` (F,); `band` optional (lo, hi) (D, W, F)
-    range over orientations; `cuts` optional (f (G,), sagittal (D, W, G), tangential (D, W, G))."""
+    the Nyquist frequency (of the sensor, or of the output grid: `nyquist_label`). `mtf` (D, W, F) on
+    `freq_cyc_per_mm` (F,); `band` optional (lo, hi) (D, W, F) range over orientations; `cuts` optional
+    (f (G,), sagittal (D, W, G), tangential (D, W, G))."""
     from lensdesign.analysis.metrics import diffraction_limited_mtf
 
     with plt.rc_context(STYLE):
@@ -248,7 +249,7 @@ def mtf_figure(freq_cyc_per_mm: np.ndarray, mtf: np.ndarray, depths: Sequence[fl
                     ax.plot(cuts[0], cuts[1][i, j], color=cols[j], lw=0.8, ls=":")
                     ax.plot(cuts[0], cuts[2][i, j], color=cols[j], lw=0.8, ls="-.")
             ax.axvline(sensor_nyquist_cyc_per_mm, color="k", lw=0.8, ls=":")
-            ax.text(sensor_nyquist_cyc_per_mm, 1.06, f" sensor Nyquist {sensor_nyquist_cyc_per_mm:.3g}", fontsize=8,
+            ax.text(sensor_nyquist_cyc_per_mm, 1.06, f" {nyquist_label} {sensor_nyquist_cyc_per_mm:.3g}", fontsize=8,
                     va="top", ha="left")
             ax.set_xlim(0, fmax)
             ax.set_ylim(0, 1.08)

@@ -18,7 +18,8 @@ def register(app: typer.Typer) -> None:
         run: Annotated[Path, typer.Argument(help="run directory (from 'lensdesign optimize' or 'lensdesign baseline')")],
         out: Annotated[Path | None, typer.Option("--out", help="output folder (default RUN/report)")] = None,
         mtf_frequency: Annotated[float | None, typer.Option(
-            "--mtf-frequency", help="frequency of the through-depth MTF, cycles/mm (default half the sensor Nyquist)")] = None,
+            "--mtf-frequency", help="frequency of the through-depth MTF, cycles/mm (default half the Nyquist frequency "
+                                    "of the output grid: the sensor pixels, or the super-resolved grid)")] = None,
         samples: Annotated[int, typer.Option("--samples", help="as-built Monte Carlo samples (0 skips it)")] = 10,
         seed: Annotated[int, typer.Option("--seed", help="seed of the Monte Carlo and of the validation images")] = 0,
         device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",

@@ -29,6 +29,7 @@ so a run resumed from a checkpoint is bit-identical to an uninterrupted one on t
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
@@ -46,6 +47,7 @@ from safetensors.torch import load_file
 from lensdesign.baselines import focal_length, fresnel_height
 from lensdesign.errors import LensdesignError
 from lensdesign.evaluate import Bench, summarize
+from lensdesign.heal import Healer, nan_injections
 from lensdesign.imaging.reconstruct import default_pad
 from lensdesign.imaging.scenes import load_images, random_crops
 from lensdesign.imaging.sensor import psnr, sample_read_noise
@@ -148,6 +150,7 @@ class StepResult:
     lr: float
     gamma: list[float]
     depths_m: list[float | None] = field(default_factory=list)
+    finite: bool = True  # the loss and every gradient were finite (else the optimizer step was skipped)
 
 
 class Trainer:
@@ -180,6 +183,8 @@ class Trainer:
         self.depths_per_step = 1
         ref = self.pipe.task.reference_depths()
         self._ref_index = {z: i for i, z in enumerate(ref)}
+        self.lr_scale = 1.0  # cut by each rollback (lensdesign.heal)
+        self._inject_nan = nan_injections()
 
     @property
     def steps(self) -> int:
@@ -225,16 +230,38 @@ class Trainer:
         fn = net_lr_factor(step, self.steps)
         fs = [f, fn, fn] if self.has_network else [f, f]
         for g, base, fk in zip(self.opt.param_groups, self.base_lr, fs, strict=True):
-            g["lr"] = base * fk
+            g["lr"] = base * fk * self.lr_scale
         self.opt.zero_grad(set_to_none=True)
         loss, x, target, depths = self.forward(step)
+        if self._inject_nan.get(step, 0) > 0:  # testing hook (lensdesign.heal)
+            self._inject_nan[step] -= 1
+            loss = loss * float("nan")
         loss.backward()
-        self.opt.step()
+        finite = self.grads_finite()
+        if finite:
+            self.opt.step()
         with torch.no_grad():
             p = float(psnr(x.detach(), target).mean())
-        return StepResult(step=step, loss=float(loss.detach()), psnr_db=p, lr=self.base_lr[0] * f,
+        return StepResult(step=step, loss=float(loss.detach()), psnr_db=p, lr=self.base_lr[0] * f * self.lr_scale,
                           gamma=self.model.recon.gamma.detach().cpu().tolist(),
-                          depths_m=[None if math.isinf(z) else z for z in depths])
+                          depths_m=[None if math.isinf(z) else z for z in depths], finite=finite)
+
+    def grads_finite(self) -> bool:
+        """Whether every parameter gradient is finite (the same answer on every rank: gradients are reduced)."""
+        grads = [q.grad for g in self.opt.param_groups for q in g["params"] if q.grad is not None]
+        return not grads or bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
+
+    def snapshot(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """A copy of the model and optimizer state in memory (on the device), for `restore`."""
+        model = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        return model, copy.deepcopy(self.opt.state_dict())
+
+    def restore(self, snap: tuple[dict[str, torch.Tensor], dict[str, Any]]) -> None:
+        """Back to a `snapshot()` (which stays intact for another restore)."""
+        model, opt = snap
+        self.model.load_state_dict(model)
+        self.opt.load_state_dict(copy.deepcopy(opt))
+        self.opt.zero_grad(set_to_none=True)
 
     def validate(self) -> float:
         """Mean PSNR (dB) over the evaluation depths on the held-out set, continuous heights, learned
@@ -257,6 +284,8 @@ class Trainer:
         for idx, st in sd["state"].items():
             for k, v in st.items():
                 out[f"adam.{idx}.{k}"] = torch.as_tensor(v).detach().cpu().clone()
+        if self.lr_scale != 1.0:  # learning rates cut by rollbacks
+            out["train.lr_scale"] = torch.tensor(self.lr_scale, dtype=torch.float64)
         return out
 
     def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
@@ -275,6 +304,7 @@ class Trainer:
                 state.setdefault(int(idx), {})[name] = v.to(self.device) if name != "step" else v
         sd["state"] = state
         self.opt.load_state_dict(sd)
+        self.lr_scale = float(tensors["train.lr_scale"]) if "train.lr_scale" in tensors else 1.0
 
 
 def spec_digest(spec: Spec) -> str:
@@ -312,14 +342,16 @@ def load_checkpoint(run: RunDir, trainer: Trainer) -> int:
     return int(meta["step"])
 
 
-def _truncate_metrics(path: Path, upto: int) -> None:
-    """Keep the metrics records of steps < `upto` (what the checkpoint has done)."""
+def _truncate_metrics(path: Path, upto: int, keep_events: bool = False) -> None:
+    """Keep the metrics records of steps < `upto` (what the checkpoint has done), and with `keep_events` every
+    event record (rollbacks)."""
     if not path.is_file():
         return
     keep = []
     for line in path.read_text().splitlines():
         try:
-            if json.loads(line).get("step", 0) < upto:
+            rec = json.loads(line)
+            if rec.get("step", 0) < upto or (keep_events and "event" in rec):
                 keep.append(line)
         except json.JSONDecodeError:
             continue
@@ -401,17 +433,22 @@ def run_optimization(spec: Spec, out: Path, device: torch.device, *, resume: boo
     stopped: str | None = None
     step = start
     val: float | None = None
+    healer = Healer(trainer, run, step, True, log)
     with _Stop() as stop:
         while step < steps:
             r = trainer.train_step(step)
+            if not (r.finite and math.isfinite(r.loss)):
+                step = healer.rollback(r)  # raises after too many rollbacks in a row
+                if progress is not None:
+                    progress(None, val, step)
+                continue
             step += 1
+            healer.good(step)
             rec: dict[str, Any] = {"step": r.step, "loss": r.loss, "psnr_db": round(r.psnr_db, 4), "lr": r.lr,
                                    "gamma": r.gamma, "depths_m": r.depths_m, "time_s": round(time.monotonic() - t0, 3)}
             if step % val_every == 0 or step == steps:
                 val = trainer.validate()
                 rec["val_psnr_db"] = round(val, 4)
-            if not math.isfinite(r.loss):
-                raise LensdesignError(f"the loss became {r.loss} at step {r.step}; lower training.learning_rate")
             run.append_metrics(rec)
             if tb is not None:
                 tb.add_scalar("loss", r.loss, r.step)
@@ -467,5 +504,7 @@ def finish(spec: Spec, run: RunDir, trainer: Trainer, steps_done: int, stopped: 
                         recon=recon.eval() if recon.kind != "wiener" else None)
     summary["steps_done"] = steps_done
     summary["stopped_early"] = stopped
+    if recon.kind != "wiener":  # the baselines are scored with the Wiener filter only
+        summary["baseline_reconstruction"] = "wiener (tuned γ); no U-Net trained for baselines"
     atomic_write_json(run / SUMMARY, summary)
     return summary

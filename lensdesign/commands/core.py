@@ -62,8 +62,13 @@ def check_spec(spec: Spec) -> Table:
     a, b = spec.diopter_range
     pf = 0.0 if math.isinf(spec.focus_depth_m) else 1 / spec.focus_depth_m
     w020 = (o.aperture / 2) ** 2 * max(abs(a - pf), abs(b - pf)) / 2
-    t.add_row("defocus at range ends", f"W020 = {fmt_len(w020)} = {w020 / spec.design_wavelength_m:.2f} waves at "
-              f"{spec.design_wavelength_m * 1e9:.0f} nm")
+    waves = f"{w020 / spec.design_wavelength_m:.2f} waves at {spec.design_wavelength_m * 1e9:.0f} nm"
+    if len(spec.depths_m) > 1:
+        t.add_row("defocus at range ends", f"W020 = {fmt_len(w020)} = {waves}")
+    elif w020 > 0:
+        t.add_row("defocus", f"single depth, W020 = {fmt_len(w020)} = {waves} from the reference focus")
+    else:
+        t.add_row("defocus", "single depth, in focus for the reference lenses")
     t.add_row("element grid", f"{g.n} × {g.n} at {fmt_len(g.dx)} (parameterization {o.parameterization})")
     t.add_row("padded grid", f"{g.m} × {g.m} ({g.m * g.dx * 1e3:.3g} mm)")
     nf = ", ".join(f"{(o.aperture / 2) ** 2 / (w * o.sensor_distance):.0f}" for w in spec.wavelengths)

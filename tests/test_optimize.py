@@ -87,15 +87,8 @@ def test_loss_gradient_reaches_height_and_gamma_finite_differences():
 def _autograd_psfs(pipe: Pipeline, height: torch.Tensor, extra: list[float] | None = None):
     """The PSF stack written with plain autograd (no hand-written adjoint), for a cross-check."""
     s = pipe.optics
-    g = s.grid
     src = s.src if not extra else torch.cat([s.src, s.source_waves(extra)])
-    t = torch.polar(torch.ones_like(height), s.phase_per_m[:, None, None] * height[None])
-    u = torch.fft.ifft2(torch.fft.fft2(src * t[None], s=(g.m, g.m)) * s.h[None])
-    uc = u[..., s.crop[:, None], s.crop[None, :]]
-    i = uc.real.square() + uc.imag.square()
-    d, w, k, _ = i.shape
-    p = k // g.bin
-    i = i.reshape(d, w, p, g.bin, p, g.bin).sum(dim=(-1, -3))
+    i = s.psf_reference(height, src)
     r = s.src.shape[0]
     return i[:r], i[r:]
 

@@ -8,7 +8,9 @@ enough that the intensity does not alias (its band reaches f_c = D/(λz), so the
 `FieldAnalyzer` reuses the precomputed parts of an `OpticalSystem` at the simulation pitch (`bin_override=1`):
 source waves, element phase per metre of height and transfer functions, and computes per (depth, wavelength):
 
-* the sensor-plane spectrum U = FFT(source × aperture × element) · H (the same arithmetic as `PSFStack`);
+* the sensor-plane spectrum U = FFT(source × aperture × element) · H_w by the forward model's own functions
+  (`lensdesign.optics.forward`: `transmission`, `sensor_spectrum`, `window_transfer`), with the window of the
+  sensor-grid convention spanning the whole padded field, so the axis is at index (M // 2, M // 2);
 * the intensity on the simulation grid, or on a grid `oversample` times finer by band-limited (zero-padded
   spectrum) interpolation of the field, which is exact for the band-limited field;
 * the peak intensity refined to 1/8 sample by evaluating the band-limited field near the coarse maximum with a
@@ -27,6 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from lensdesign.optics.forward import intensity, sensor_spectrum, transmission, window_start, window_transfer
 from lensdesign.optics.psf import OpticalSystem, coords
 from lensdesign.spec import Spec
 
@@ -76,8 +79,8 @@ class FieldAnalyzer:
         f = torch.fft.fftfreq(self.m, d=1.0 / self.m, dtype=torch.float64)  # signed integer frequency index
         self._fidx = f.to(self.device)
         self._delta_tabs: dict[int, torch.Tensor] = {}
-        shift = self.m // 2 - self.n // 2
-        self._centre_ramp = torch.exp(-2j * math.pi * f * shift / self.m).to(torch.complex64).to(self.device)
+        # the whole padded field as the PSF window (M samples, bin 1): the axis at index M // 2
+        self._h_field = window_transfer(self.system.h, window_start(self.n, self.m, 1))
 
     # ---- geometry ------------------------------------------------------------------------------------------
     @property
@@ -100,21 +103,17 @@ class FieldAnalyzer:
         return self._src_cache[key]
 
     def spectrum_from_pupil(self, pupil: torch.Tensor) -> torch.Tensor:
-        """Sensor-plane spectrum (W, M, M) complex64 of a pupil field (W, N, N): FFT(pupil, padded) · H."""
-        u = torch.fft.fft2(pupil.to(torch.complex64), s=(self.m, self.m))
-        return u * self.system.h
+        """Sensor-plane spectrum (W, M, M) complex64 of a pupil field (W, N, N), the axis at index M // 2."""
+        return sensor_spectrum(pupil.to(torch.complex64), self._h_field)
 
     def spectrum(self, height: torch.Tensor, depth: float) -> torch.Tensor:
         """Sensor-plane spectrum (W, M, M) of the element `height` (N, N, m) lit from an on-axis point at `depth`."""
-        h = height.to(self.device, torch.float32)
-        t = torch.polar(torch.ones_like(h)[None].expand(len(self.wavelengths), -1, -1),
-                        self.system.phase_per_m[:, None, None] * h[None])
+        t = transmission(height.to(self.device, torch.float32), self.system.phase_per_m)
         return self.spectrum_from_pupil(self._src(depth) * t)
 
     def coarse_intensity(self, spec_u: torch.Tensor) -> torch.Tensor:
-        """Intensity (W, M, M) float32 on the simulation grid, unshifted (axis at index n // 2)."""
-        u = torch.fft.ifft2(spec_u)
-        return u.real.square() + u.imag.square()
+        """Intensity (W, M, M) float32 on the simulation grid, the axis at index M // 2."""
+        return intensity(torch.fft.ifft2(spec_u))
 
     def fine_intensity(self, spec_u: torch.Tensor, oversample: int | None = None) -> torch.Tensor:
         """Intensity (W, uM, uM) float32 on a grid `oversample` (u) times finer, axis at the centre index uM // 2.
@@ -123,28 +122,23 @@ class FieldAnalyzer:
         """
         u = self.oversample if oversample is None else oversample
         m = self.m
-        # centre the axis (coarse index n // 2 → m // 2) by a phase ramp on the spectrum: a circular shift
-        ramp = self._centre_ramp.to(spec_u.device)
-        sc = spec_u * ramp[:, None] * ramp[None, :]
         if u == 1:
-            f = torch.fft.ifft2(sc)
-            return f.real.square() + f.imag.square()
+            return self.coarse_intensity(spec_u)
         k = u * m
         h = m // 2
         big = torch.zeros(spec_u.shape[0], k, k, dtype=spec_u.dtype, device=spec_u.device)
-        big[:, :h, :h] = sc[:, :h, :h]
-        big[:, :h, k - h:] = sc[:, :h, h:]
-        big[:, k - h:, :h] = sc[:, h:, :h]
-        big[:, k - h:, k - h:] = sc[:, h:, h:]
-        del sc
+        big[:, :h, :h] = spec_u[:, :h, :h]
+        big[:, :h, k - h:] = spec_u[:, :h, h:]
+        big[:, k - h:, :h] = spec_u[:, h:, :h]
+        big[:, k - h:, k - h:] = spec_u[:, h:, h:]
         f = torch.fft.ifft2(big)
         del big
-        return (f.real.square() + f.imag.square()).mul_(float(u * u))
+        return intensity(f).mul_(float(u * u))
 
     def refined_peaks(self, spec_u: torch.Tensor, coarse: torch.Tensor,
                       steps: int = 17) -> tuple[np.ndarray, list[tuple[int, int]]]:
         """Peak intensity per wavelength (W,) of the band-limited field, searched within ±1 sample of the coarse
-        maximum on a grid of 1/8 sample; and the coarse maximum's (y, x) index (unshifted)."""
+        maximum on a grid of 1/8 sample; and the coarse maximum's (y, x) index (axis at M // 2)."""
         w, m, _ = coarse.shape
         flat = coarse.reshape(w, -1).argmax(dim=1).tolist()
         peaks = np.empty(w)

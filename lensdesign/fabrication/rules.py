@@ -136,14 +136,12 @@ class FocusModel:
 
     def psf(self, transmission: np.ndarray) -> np.ndarray:
         """PSF (P, P) of a complex transmission (N, N), unit input power, with the same propagation as the PSF stack."""
+        from lensdesign.optics.forward import pupil_psf
+
         s = self.system
         g = s.grid
         t = torch.as_tensor(transmission, dtype=torch.complex64, device=s.device)
-        u0 = s.src[0, 0] * t
-        buf = torch.fft.fft2(u0, s=(g.m, g.m))
-        buf = torch.fft.ifft2(buf * s.h[0])
-        uc = buf[s.crop[:, None], s.crop[None, :]]
-        return (uc.real.square() + uc.imag.square()).cpu().numpy().astype(np.float64)
+        return pupil_psf(s.src[0, 0] * t, s.h_window[0], g.psf_size, g.bin).cpu().numpy().astype(np.float64)
 
     def core_energy(self, p: np.ndarray, centre: tuple[int, int]) -> float:
         """Energy within the Airy-core radius around `centre`."""

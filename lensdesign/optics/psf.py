@@ -7,9 +7,12 @@ its intensity integrated over sensor pixels. The input power is normalized to 1 
 propagator is unitary, and light that leaves the PSF window is lost (not renormalized away), so each PSF sums
 to at most 1.
 
-The PSF computation is a custom autograd function with the adjoint written out: one FFT pair forward, one
-pair backward, one PSF at a time into a reused zero-padded buffer. Everything that does not depend on the height map
-(source waves, aperture, transfer functions, crop indices) is precomputed once in `OpticalSystem`.
+The arithmetic lives in `lensdesign.optics.forward` (pure functions, their adjoints, the sensor-grid convention
+and the contract any PSF-stack implementation honours). Here: the sampling plan (`plan_grid`), the element-plane
+geometry, `OpticalSystem` (everything that does not depend on the height map, precomputed once: source waves,
+aperture, transfer functions, the window-shifted transfer functions) and `PSFStack`, a custom autograd function
+over the forward functions with the adjoint written out: one FFT pair forward, one pair backward, one PSF at a time
+into a reused zero-padded buffer.
 """
 
 from __future__ import annotations
@@ -20,6 +23,18 @@ from dataclasses import dataclass, field
 import torch
 
 from lensdesign.errors import SpecError
+from lensdesign.optics.forward import (
+    Scratch,
+    binned_intensity_into,
+    propagate_conj_adjoint,
+    propagate_to_window,
+    psf_reference,
+    spread_times_into,
+    transmission,
+    transmission_vjp,
+    window_start,
+    window_transfer,
+)
 from lensdesign.optics.propagation import PropagatorChoice, choose_propagator, fft_size, transfer_function
 from lensdesign.spec import Spec
 
@@ -122,10 +137,13 @@ def source_wave(n: int, dx: float, wavelength: float, depth: float, device: torc
 
 
 class OpticalSystem:
-    """Precomputed, height-independent parts of the imaging model for one spec (no trainable state).
+    """Precomputed, height-independent tensors of the forward model for one spec (no trainable state, read-only).
 
-    Attributes are tensors on `device`: `src` (D, W, N, N) complex64 aperture × source wave, power-normalized;
-    `phase_per_m` (W,) radians per metre of height, 2π(n − 1)/λ; `h` (W, M, M) complex64 transfer functions.
+    Tensors on `device`: `src` (D, W, N, N) complex64 aperture × source wave, power-normalized; `phase_per_m` (W,)
+    radians per metre of height, 2π(n − 1)/λ; `h` (W, M, M) complex64 transfer functions; `h_window` (W, M, M) the
+    same with the PSF window moved to the grid corner (see `lensdesign.optics.forward`); `aperture` (N, N) 0/1.
+    `window_start` is the window's first sample relative to the element's (simulation samples). `scratch` holds
+    the PSF stack's zero-padded buffers, the only state that changes between calls.
     """
 
     def __init__(self, spec: Spec, device: torch.device | str = "cpu", depths: list[float] | None = None,
@@ -136,30 +154,20 @@ class OpticalSystem:
         self.depths = list(depths) if depths is not None else spec.depths_m
         self.wavelengths = list(spec.wavelengths)
         g = self.grid
-        n, m, dx = g.n, g.m, g.dx
-        ap = aperture_mask(n, dx, spec.optics.aperture)
+        ap = aperture_mask(g.n, g.dx, spec.optics.aperture)
         self.n_open = float(ap.sum())
         self.aperture = ap.to(torch.float32).to(self.device)
-        norm = 1.0 / math.sqrt(self.n_open)
-        self._norm = norm
+        self._norm = 1.0 / math.sqrt(self.n_open)
         self.src = self.source_waves(self.depths)
         idx = spec.refractive_indices
         self.phase_per_m = torch.tensor([2 * math.pi * (nn - 1) / w for nn, w in zip(idx, self.wavelengths, strict=True)],
                                         dtype=torch.float32, device=self.device)
         z = spec.optics.sensor_distance
-        self.h = torch.stack([transfer_function(g.choice.kind, m, dx, w, z).to(torch.complex64)
+        self.h = torch.stack([transfer_function(g.choice.kind, g.m, g.dx, w, z).to(torch.complex64)
                               for w in self.wavelengths]).to(self.device)
-        # Crop: the on-axis fine pixel (index n//2, since the input sits at [0:n] of the padded grid) at the
-        # centre of the central sensor pixel; indices wrap around the circular grid.
-        k = g.window_fine
-        self.crop_start = (n // 2 - (g.psf_size // 2) * g.bin - g.bin // 2) % m
-        self.crop = (torch.arange(k, device=self.device) + self.crop_start) % m
-        # The same transfer functions with the window moved to the grid corner (shift theorem), so that the
-        # forward pass crops with a slice and the adjoint is a plain zero-padded FFT.
-        f = torch.fft.fftfreq(m, dtype=torch.float64)
-        ramp = torch.polar(torch.ones(m, dtype=torch.float64), 2 * math.pi * f * self.crop_start)
-        self._workspaces: dict[str, torch.Tensor] = {}
-        self.h_window = (self.h.cpu().to(torch.complex128) * (ramp[:, None] * ramp[None, :])).to(torch.complex64).to(self.device)
+        self.window_start = window_start(g.n, g.psf_size, g.bin)
+        self.h_window = window_transfer(self.h, self.window_start)
+        self.scratch = Scratch(g.m)
 
     def source_waves(self, depths: list[float]) -> torch.Tensor:
         """Aperture × source wave, power-normalized, (D, W, N, N) complex64 on the device, for any depths (m)."""
@@ -170,18 +178,6 @@ class OpticalSystem:
             for j, w in enumerate(self.wavelengths):
                 src[i, j] = (source_wave(g.n, g.dx, w, z) * ap * self._norm).to(torch.complex64)
         return src.to(self.device)
-
-    def workspace(self, name: str, device: torch.device) -> torch.Tensor:
-        """A zero-padded (M, M) complex64 buffer kept between calls, one per pass (`forward`, `backward`).
-
-        Each pass overwrites the same corner of its buffer on every use and leaves the rest zero, so the
-        buffer is cleared once, not on every call.
-        """
-        buf = self._workspaces.get(name)
-        if buf is None or buf.device != device:
-            buf = torch.zeros(self.grid.m, self.grid.m, dtype=torch.complex64, device=device)
-            self._workspaces[name] = buf
-        return buf
 
     @property
     def shape(self) -> tuple[int, int, int, int]:
@@ -195,74 +191,24 @@ class OpticalSystem:
         src = self.src if depths is None else self.source_waves(depths)
         return PSFStack.apply(height.to(self.device, torch.float32), self, src)
 
-
-def _intensity_binned(u: torch.Tensor, saved: torch.Tensor, out: torch.Tensor, b: int) -> None:
-    """Save conj(u) into `saved` (k, k) and write |u|² summed over b × b blocks (sensor pixels) into `out`.
-
-    |u|² = u · conj(u) as one complex product of the saved copy with the window view (no square root, no
-    separate squares of strided real and imaginary parts); binning adds strided slices.
-    """
-    torch.conj_physical(u, out=saved)
-    x = torch.mul(saved, u).real
-    if b == 1:
-        out.copy_(x)
-        return
-    torch.add(x[0::b, 0::b], x[0::b, 1::b], out=out)
-    for i in range(b):
-        for j in range(b):
-            if i or j > 1:
-                out.add_(x[i::b, j::b])
-
-
-def _spread_times(g: torch.Tensor, saved: torch.Tensor, dest: torch.Tensor, b: int) -> None:
-    """dest (k, k) = g (P, P) repeated over b × b blocks, times saved (k, k), without building the repeat.
-
-    `g` has the dtype of `saved` (complex), so each strided product is written straight into `dest`.
-    """
-    k = saved.shape[-1]
-    for i in range(b):
-        for j in range(b):
-            torch.mul(g, saved[i::b, j::b], out=dest[i:k:b, j:k:b])
-
-
-def _propagate(padded: torch.Tensor, hf: torch.Tensor, k: int) -> torch.Tensor:
-    """ifft2(hf · fft2(padded)) for a zero-padded element field (m, m), cropped to the (k, k) PSF window.
-
-    `hf` is the window-shifted transfer function, which moves the PSF window to the grid corner.
-    """
-    f = torch.fft.fft2(padded)
-    f.mul_(hf)
-    return torch.fft.ifft2(f)[..., :k, :k]
-
-
-def _propagate_conj_adjoint(padded: torch.Tensor, hf: torch.Tensor, n: int) -> torch.Tensor:
-    """conj(A^H y) = fft2(hf · ifft2(pad(conj y))) cropped to (n, n), for the map A of `_propagate`.
-
-    With unnormalized fft2 (ifft2 scaled by 1/M²), A^H = crop ∘ ifft2 ∘ conj(hf) ∘ fft2 ∘ pad, and conjugating
-    swaps the two transforms, so the adjoint needs no conjugate transfer function and takes the saved conj(u).
-    """
-    f = torch.fft.ifft2(padded)
-    f.mul_(hf)
-    return torch.fft.fft2(f)[..., :n, :n]
-
-
-def _transmission(height: torch.Tensor, phase_per_m: torch.Tensor) -> torch.Tensor:
-    """Element transmission exp(i a_w h), (W, N, N) complex64, for heights (N, N) in metres.
-
-    cos and sin separately: several times faster than `torch.polar` on the CPU.
-    """
-    phase = phase_per_m[:, None, None] * height[None]
-    return torch.complex(torch.cos(phase), torch.sin(phase))
+    def psf_reference(self, height: torch.Tensor, src: torch.Tensor | None = None) -> torch.Tensor:
+        """The same PSF stack through `forward.psf_reference` (plain autograd, any precision): for tests."""
+        g = self.grid
+        src = self.src if src is None else src
+        cplx = torch.complex128 if height.dtype == torch.float64 else torch.complex64
+        return psf_reference(height, src.to(cplx), self.phase_per_m.to(height.dtype), self.h_window.to(cplx),
+                             g.psf_size, g.bin)
 
 
 class PSFStack(torch.autograd.Function):
-    """Height map (N, N) → PSF stack (D, W, P, P), with the adjoint propagation written out.
+    """Height map (N, N) → PSF stack (D, W, P, P): the functions of `lensdesign.optics.forward` with the adjoint
+    written out.
 
     Forward and backward each cost one padded fft2+ifft2 pair per PSF, computed one PSF at a time into a
     reused zero-padded buffer (measured faster on the CPU than batching, whose large allocations are
     page-faulted on every call). Each PSF's (M, M) FFT outputs are released before the next PSF's are
     allocated, so the allocator hands back the same warm memory; holding one across iterations measured
-    20-40 % slower at M = 1536. The backward pass runs in conjugate space (`_propagate_conj_adjoint`), so it
+    20-40 % slower at M = 1536. The backward pass runs in conjugate space (`propagate_conj_adjoint`), so it
     reuses the forward's transfer functions and the saved conj(u) directly.
     """
 
@@ -272,16 +218,16 @@ class PSFStack(torch.autograd.Function):
         g = s.grid
         dd, ww = src_all.shape[0], src_all.shape[1]
         n, k = g.n, g.window_fine
-        t = _transmission(height, s.phase_per_m)  # (W, N, N)
+        t = transmission(height, s.phase_per_m)  # (W, N, N)
         out = torch.empty(dd, ww, g.psf_size, g.psf_size, dtype=torch.float32, device=height.device)
         saved = torch.empty(dd, ww, k, k, dtype=torch.complex64, device=height.device)  # conj(u) on the window
-        pad = s.workspace("forward", height.device)  # only the element corner is rewritten for each PSF
+        pad = s.scratch.get("forward", height.device)  # only the element corner is rewritten for each PSF
         corner = pad[:n, :n]
         for w in range(ww):
             for d in range(dd):
                 torch.mul(src_all[d, w], t[w], out=corner)
-                u = _propagate(pad, s.h_window[w], k)
-                _intensity_binned(u, saved[d, w], out[d, w], g.bin)
+                u = propagate_to_window(pad, s.h_window[w], k)
+                binned_intensity_into(u, saved[d, w], out[d, w], g.bin)
                 del u  # free the (M, M) field before the next PSF allocates: keeps the allocator on warm pages
         ctx.system = s
         ctx.save_for_backward(t, saved, src_all)
@@ -294,20 +240,19 @@ class PSFStack(torch.autograd.Function):
         g = s.grid
         dd, ww = src_all.shape[0], src_all.shape[1]
         n, k = g.n, g.window_fine
-        gi = grad_out.to(torch.complex64)  # one conversion, so the products below need no mixed-dtype copy
+        # dL/du* = u dL/dI, so the window gradient in torch's convention (2 dL/du*) is 2 dL/dI · u; conjugated:
+        gi = (2 * grad_out).to(torch.complex64)  # one conversion, so the products below need no mixed-dtype copy
         dev = t.device
         grad_h = torch.zeros(n, n, dtype=torch.float32, device=dev)
         acc = torch.empty(n, n, dtype=torch.complex64, device=dev)
-        pad = s.workspace("backward", dev)  # only the PSF-window corner is rewritten for each PSF
+        pad = s.scratch.get("backward", dev)  # only the PSF-window corner is rewritten for each PSF
         window = pad[:k, :k]
         for w in range(ww):
             acc.zero_()
             for d in range(dd):
-                # conj(dL/du*) / 2 = dL/dI · conj(u) on the window (torch convention dL/du* = 2 u dL/dI)
-                _spread_times(gi[d, w], saved[d, w], window, g.bin)
-                v = _propagate_conj_adjoint(pad, s.h_window[w], n)  # conj of the element-plane gradient, / 2
-                acc.addcmul_(src_all[d, w], v)  # Σ_d src · conj(gU) = conj(Σ_d conj(src) · gU)
+                spread_times_into(gi[d, w], saved[d, w], window, g.bin)  # conj of the window gradient
+                v = propagate_conj_adjoint(pad, s.h_window[w], n)  # conj of the element-plane gradient gU
+                acc.addcmul_(src_all[d, w], v)  # Σ_d src · conj(gU) = conj(dL/dt), since U = src · t
                 del v  # as in forward
-            # U = src·t, t = exp(i a h): dL/dh = a · Im(conj(t) · Σ conj(src) gU) = −2a · Im(t · acc)
-            grad_h.sub_((t[w] * acc).imag, alpha=2.0 * float(s.phase_per_m[w]))
+            transmission_vjp(t[w:w + 1], s.phase_per_m[w:w + 1], acc.conj()[None], out=grad_h)
         return grad_h, None, None

@@ -1,0 +1,111 @@
+"""The forward model's pure functions: adjoint identities ⟨A x, y⟩ = ⟨x, Aᴴ y⟩ (complex128, `torch.vdot`), the
+shift theorem behind the PSF window, and the fused in-place kernels against their plain definitions."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from lensdesign.optics import forward as F
+
+N, M, B, P = 24, 40, 3, 9  # element, padded grid, samples per pixel, PSF window in pixels (window 27 > N)
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _crandn(*shape: int, seed: int) -> torch.Tensor:
+    return torch.randn(*shape, dtype=torch.complex128, generator=_gen(seed))
+
+
+def _unitary_transfer(m: int, seed: int) -> torch.Tensor:
+    phase = torch.rand(m, m, dtype=torch.float64, generator=_gen(seed)) * 2 * math.pi
+    return torch.polar(torch.ones(m, m, dtype=torch.float64), phase)
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(abs(a - b) / abs(b))
+
+
+@pytest.mark.parametrize("k", [3 * B, P * B])  # window smaller and larger than the element
+def test_propagation_adjoint_identity(k: int) -> None:
+    hw = _unitary_transfer(M, 0)
+    x, y = _crandn(N, N, seed=1), _crandn(k, k, seed=2)
+    ax = F.propagate_to_window(x, hw, k)
+    aty = F.propagate_to_window_adjoint(y, hw, N)
+    assert ax.shape == (k, k) and aty.shape == (N, N)
+    lhs, rhs = torch.vdot(ax.flatten(), y.flatten()), torch.vdot(x.flatten(), aty.flatten())
+    assert _rel(lhs, rhs) < 1e-12
+    # the identity discriminates: the adjoint with an unconjugated transfer function fails it
+    wrong = F.propagate_to_window_adjoint(y, hw.conj(), N)
+    assert _rel(lhs, torch.vdot(x.flatten(), wrong.flatten())) > 1e-2
+
+
+def test_propagation_of_a_zero_padded_field_equals_that_of_the_element_field() -> None:
+    hw = _unitary_transfer(M, 3)
+    x = _crandn(N, N, seed=4)
+    padded = torch.nn.functional.pad(x, (0, M - N, 0, M - N))
+    assert torch.allclose(F.propagate_to_window(padded, hw, 20), F.propagate_to_window(x, hw, 20), atol=1e-14)
+
+
+def test_binning_adjoint_identity() -> None:
+    x, y = _crandn(P * B, P * B, seed=5), _crandn(P, P, seed=6)
+    bx, bty = F.bin_pixels(x, B), F.spread_pixels(y, B)
+    assert bx.shape == (P, P) and bty.shape == (P * B, P * B)
+    assert _rel(torch.vdot(bx.flatten(), y.flatten()), torch.vdot(x.flatten(), bty.flatten())) < 1e-12
+    # binning is the sum over each pixel's block
+    assert torch.allclose(bx[2, 4], x[2 * B:3 * B, 4 * B:5 * B].sum())
+
+
+def test_transmission_linearization_adjoint_identity() -> None:
+    """J dh = i a t dh maps real heights to complex fields; Jᴴ is its adjoint for the real inner product."""
+    a = torch.tensor([9.1e6, 7.6e6, 6.5e6], dtype=torch.float64)  # rad/m, about 2π(n − 1)/λ
+    h = torch.rand(N, N, dtype=torch.float64, generator=_gen(7)) * 1.2e-6
+    t = F.transmission(h, a)
+    dh = torch.randn(N, N, dtype=torch.float64, generator=_gen(8)) * 1e-9
+    g = _crandn(3, N, N, seed=9)
+    jx = F.transmission_jvp(t, a, dh)
+    lhs = torch.vdot(jx.flatten(), g.flatten()).real
+    rhs = torch.vdot(dh.flatten(), F.transmission_vjp(t, a, g).flatten())
+    assert _rel(lhs, rhs) < 1e-12
+    # J is the derivative of the transmission (central differences)
+    eps = 1e-2
+    fd = (F.transmission(h + eps * dh, a) - F.transmission(h - eps * dh, a)) / (2 * eps)
+    assert float((fd - jx).abs().max() / jx.abs().max()) < 1e-6
+
+
+def test_fused_kernels_equal_their_definitions() -> None:
+    u = _crandn(P * B, P * B, seed=10).to(torch.complex64)
+    saved = torch.empty_like(u)
+    out = torch.empty(P, P)
+    F.binned_intensity_into(u, saved, out, B)
+    assert torch.equal(saved, u.conj())
+    assert torch.allclose(out, F.binned_intensity(u, B), rtol=1e-6)
+    g = _crandn(P, P, seed=11).to(torch.complex64)
+    dest = torch.empty_like(u)
+    F.spread_times_into(g, saved, dest, B)
+    assert torch.allclose(dest, F.spread_pixels(g, B) * saved, rtol=1e-6)
+
+
+@pytest.mark.parametrize("start", [5, -7])
+def test_window_transfer_shifts_the_field(start: int) -> None:
+    """Shift theorem: the window-shifted transfer function reads the field from sample `start` on (circularly)."""
+    h = _unitary_transfer(M, 12)
+    x = _crandn(N, N, seed=13)
+    full = torch.fft.ifft2(torch.fft.fft2(x, s=(M, M)) * h)
+    moved = F.propagate_to_window(x, F.window_transfer(h, start), M)
+    assert torch.allclose(moved, torch.roll(full, (-start, -start), (0, 1)), atol=1e-12)
+
+
+def test_reference_equals_the_pupil_psf() -> None:
+    """`psf_reference` (plain autograd) and `pupil_psf` (the no-grad path) compute the same stack."""
+    a = torch.tensor([9.1e6, 6.5e6], dtype=torch.float64)
+    h = torch.rand(N, N, dtype=torch.float64, generator=_gen(14)) * 1.2e-6
+    src = _crandn(2, 2, N, N, seed=15) / N
+    hw = torch.stack([_unitary_transfer(M, 16), _unitary_transfer(M, 17)])
+    ref = F.psf_reference(h, src, a, hw, P, B)
+    assert ref.shape == (2, 2, P, P) and ref.dtype == torch.float64
+    assert torch.allclose(ref, F.pupil_psf(src * F.transmission(h, a)[None], hw, P, B), rtol=1e-10, atol=0)

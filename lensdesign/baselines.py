@@ -62,8 +62,6 @@ def cubic_height(spec: Spec, n: int, strength_waves: float, focus_depth: float |
 
 def default_cubic_strength(spec: Spec) -> float:
     """A starting cubic strength (waves): about 2.5× the largest defocus W020 over the depth range, ≥ 5 waves."""
-    a, b = spec.diopter_range
-    pf = 1.0 / spec.focus_depth_m if not math.isinf(spec.focus_depth_m) else 0.0
-    dphi = max(abs(a - pf), abs(b - pf))
-    w020 = (spec.optics.aperture / 2) ** 2 * dphi / 2 / spec.design_wavelength_m
-    return max(5.0, 2.5 * w020)
+    from lensdesign.units import defocus_waves
+
+    return max(5.0, 2.5 * defocus_waves(spec))

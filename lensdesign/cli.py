@@ -25,6 +25,7 @@ app = typer.Typer(
 COMMAND_MODULES = [
     "lensdesign.commands.core",
     "lensdesign.commands.optimize",
+    "lensdesign.commands.simulate",
     "lensdesign.commands.export",
     "lensdesign.commands.report",
 ]

@@ -42,22 +42,20 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
 
 from lensdesign.baselines import focal_length, fresnel_height
 from lensdesign.errors import LensdesignError
-from lensdesign.evaluate import Bench, summarize
+from lensdesign.evaluation import Evaluator, summarize
 from lensdesign.heal import Healer, nan_injections
 from lensdesign.imaging.reconstruct import default_pad
 from lensdesign.imaging.scenes import load_images, random_crops
 from lensdesign.imaging.sensor import psnr, sample_read_noise
 from lensdesign.optics.psf import coords
 from lensdesign.optics.surfaces import FourierSurface, Surface, ZernikeSurface
-from lensdesign.rundir import METRICS, SUMMARY, RunDir, atomic_save_tensors, atomic_write_json, design_meta
+from lensdesign.rundir import CHECKPOINT, METRICS, SUMMARY, RunDir, atomic_save_tensors, atomic_write_json, design_meta
 from lensdesign.spec import Spec
 from lensdesign.system import EndToEnd, Pipeline, QuantSchedule, check_supported, fabricate
 
-CHECKPOINT = "checkpoint.safetensors"
 GAMMA_LR = 0.05
 UNET_LR = 2e-3
 UNET_DECAY_FROM = 0.5
@@ -161,6 +159,7 @@ class Trainer:
         self.spec = spec
         self.device = torch.device(device)
         self.pipe = Pipeline(spec, self.device)
+        self.evaluator = Evaluator(spec, self.device)  # its own pipeline, built at the first validation
         self.model = EndToEnd(spec, self.pipe.optics.grid.n).to(self.device)
         init_surface(self.model.surface, spec)
         self.patch = patch_size(spec)
@@ -271,7 +270,7 @@ class Trainer:
         recon.eval()
         try:
             with torch.no_grad():
-                bench = Bench(self.spec, self.model.height().detach(), self.device, recon=recon)
+                bench = self.evaluator.bench(self.model.height().detach(), recon=recon)
                 return float(np.mean(bench.psnr_per_depth(recon.gamma.detach())))
         finally:
             recon.train(was_training)
@@ -323,18 +322,8 @@ def save_checkpoint(run: RunDir, trainer: Trainer, step: int) -> None:
 
 def load_checkpoint(run: RunDir, trainer: Trainer) -> int:
     """Restore the trainer from RUN/checkpoint.safetensors; returns the number of steps done."""
-    from safetensors import safe_open
-
     p = run / CHECKPOINT
-    if not p.is_file():
-        raise LensdesignError(f"{run.path}: no {CHECKPOINT} to resume from; run without --resume (add --force to "
-                              "overwrite the run)")
-    try:
-        with safe_open(str(p), framework="pt") as f:
-            meta = f.metadata() or {}
-        tensors = load_file(str(p))
-    except Exception as e:
-        raise LensdesignError(f"{p}: unreadable checkpoint ({e.__class__.__name__}); start again with --force") from None
+    tensors, meta = run.load_checkpoint()
     if meta.get("format") != CHECKPOINT_FORMAT or meta.get("spec") != spec_digest(trainer.spec):
         raise LensdesignError(f"{p}: the checkpoint was made with a different spec or version; resume with the "
                               "run's own spec, or start again with --force")

@@ -160,7 +160,7 @@ def test_unsupported_combinations_are_refused():
 @pytest.mark.parametrize("kind", ["pixel", "radial", "zernike", "fourier"])
 def test_every_parameterization_starts_from_the_fresnel_lens(kind):
     from lensdesign.baselines import fresnel_height
-    from lensdesign.evaluate import evaluate_height
+    from lensdesign.evaluation import evaluate_height
     from lensdesign.optimize import init_surface
 
     spec = parse_spec(hard(optics__parameterization=kind))
@@ -223,7 +223,7 @@ def test_optimize_edof_end_to_end(tmp_path, cli):
     assert s["design"]["mean_psnr_db"] > s["baselines"]["fresnel"]["mean_psnr_db"] + 1.0
     assert abs(s["design"]["mean_psnr_db"] - s["design_quantized"]["mean_psnr_db"]) < 0.5
     # the public evaluation API repeats the summary exactly in another process (what the report relies on)
-    from lensdesign.evaluate import evaluate_height
+    from lensdesign.evaluation import evaluate_height
     from lensdesign.spec import load_spec
 
     threads = torch.get_num_threads()

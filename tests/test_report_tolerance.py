@@ -46,8 +46,7 @@ def test_zero_error_is_the_quantized_map_exactly(setup, process):
 def test_monte_carlo_is_reproducible_and_zero_error_gives_the_quantized_numbers(setup):
     import torch
 
-    ev = pytest.importorskip("lensdesign.evaluate")
-    evaluate_height, scene_shape = ev.evaluate_height, ev.scene_shape
+    from lensdesign.evaluation import evaluate_height, scene_shape
     from lensdesign.optics.psf import plan_grid
 
     spec, fa, h = setup

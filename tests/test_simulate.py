@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from lensdesign.baselines import cubic_height, fresnel_height
-from lensdesign.evaluate import evaluate_height, pipeline_for, simulate_examples, validation_set
+from lensdesign.evaluation import Evaluator, evaluate_height, simulate_examples, validation_set
 from lensdesign.spec import parse_spec
 from tests.conftest import TINY_SYSTEM
 
@@ -64,6 +64,7 @@ def test_simulate_one_depth(optimized_run, tmp_path, cli):
     assert r.returncode == 0, r.stderr
     m = json.loads((out / "metrics.json").read_text())
     assert m["depth_m"] == 0.1 and m["depth_map"] is False
+    assert "pic.png at 0.1 m:" in " ".join(r.stdout.split())
     assert m["gamma_from"] == "learned" and len(m["gamma"]) == 3 and m["quantized"] is False
     for name in ("sensor.png", "recon.png"):
         a = np.asarray(Image.open(out / name))
@@ -74,6 +75,7 @@ def test_simulate_one_depth(optimized_run, tmp_path, cli):
     assert r.returncode == 0, r.stderr
     ma = json.loads((tmp_path / "a" / "metrics.json").read_text())
     assert ma["depth_m"] is None and ma["quantized"] is True and ma["psnr_db"] != m["psnr_db"]
+    assert "pic.png at inf:" in " ".join(r.stdout.split())
 
 
 def test_simulate_depth_map_and_errors(optimized_run, tmp_path, cli):
@@ -87,6 +89,7 @@ def test_simulate_depth_map_and_errors(optimized_run, tmp_path, cli):
     m = json.loads((out / "metrics.json").read_text())
     assert m["depth_map"] is True and m["layers_m"] == [0.1, 0.2, None]
     assert m["layer_fraction"] == [0.5, 0.0, 0.5]
+    assert "pic.png at layers 0.1 m, 0.2 m, inf:" in " ".join(r.stdout.split())
     assert np.asarray(Image.open(out / "recon.png")).shape == (60, 80, 3)
 
     np.save(tmp_path / "small.npy", dm[:30])
@@ -112,7 +115,7 @@ def spec(tiny_spec_dict):
 
 def test_validation_set_has_the_psf_margin(spec):
     v = validation_set(spec)
-    p = pipeline_for(spec).psf_size
+    p = Evaluator(spec).pipe.psf_size
     assert v.shape == (spec.training.validation_images, 3, 32 + p - 1, 32 + p - 1)
     assert float(v.min()) >= 0 and float(v.max()) <= 1
     assert torch.equal(v, validation_set(spec)) and not torch.equal(validation_set(spec, seed=1), v)
@@ -120,7 +123,7 @@ def test_validation_set_has_the_psf_margin(spec):
 
 
 def test_evaluate_height_tunes_gamma_and_reports_depths(spec):
-    n = pipeline_for(spec).optics.grid.n
+    n = Evaluator(spec).pipe.optics.grid.n
     h = fresnel_height(spec, n)
     r = evaluate_height(spec, h)
     assert [d["depth_m"] for d in r["per_depth"]] == [0.1, 0.2, None]
@@ -139,10 +142,28 @@ def test_evaluate_height_tunes_gamma_and_reports_depths(spec):
 
 
 def test_simulate_examples_shapes(spec):
-    n = pipeline_for(spec).optics.grid.n
+    n = Evaluator(spec).pipe.optics.grid.n
     img = validation_set(spec)[0]
     sensor, recon = simulate_examples(spec, fresnel_height(spec, n), 0.01, 0.2, img)
     assert sensor.shape == recon.shape == (img.shape[1], img.shape[2], 3)
     assert sensor.min() >= 0 and recon.max() <= 1 and sensor.dtype == np.float32
     s2, _ = simulate_examples(spec, fresnel_height(spec, n), 0.01, 0.2, img.permute(1, 2, 0).numpy())
     assert np.array_equal(s2, sensor)
+
+
+def test_evaluator_matches_the_functions_and_restores_the_thread_count(spec):
+    """An Evaluator held for many calls gives the numbers of one-off calls; torch's thread count is untouched."""
+    ev = Evaluator(spec)
+    n = ev.pipe.optics.grid.n
+    h = fresnel_height(spec, n)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        a = ev.evaluate_height(h, gamma=0.01)
+        assert torch.get_num_threads() == 2
+        b = ev.evaluate_height(h, gamma=0.01)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    assert a == b == evaluate_height(spec, h, gamma=0.01)
+    assert torch.equal(ev.validation_set(count=2), validation_set(spec, count=2))

@@ -158,7 +158,7 @@ def test_unet_any_size_residual_start_and_seeded():
 
 
 def test_unet_weights_round_trip_through_the_run_directory(tmp_path):
-    from lensdesign.evaluate import load_reconstruction
+    from lensdesign.evaluation import load_reconstruction
     from lensdesign.optimize import Trainer, finish
     from lensdesign.rundir import RunDir
 
@@ -259,7 +259,7 @@ def test_superres_end_to_end_summary_simulate_report(tmp_path, cli):
     assert s["design"]["mean_psnr_db"] > b["fresnel"]["mean_psnr_db"]
     assert s["gain_db"]["vs_bicubic"] == pytest.approx(s["design"]["mean_psnr_db"] - b["bicubic"]["mean_psnr_db"], abs=1e-3)
     # the evaluation API repeats the summary (same fine-grid validation images and noise)
-    from lensdesign.evaluate import evaluate_height
+    from lensdesign.evaluation import evaluate_height
     from lensdesign.spec import load_spec
 
     h = load_file(str(out / "design.safetensors"))["height_m"]
@@ -294,7 +294,7 @@ def test_unet_end_to_end_summary_simulate_report(tmp_path, cli):
     assert design["wiener_only"]["mean_psnr_db"] > 10 and s["baselines"]["fresnel"]["reconstruction"] == "wiener"
     assert "cubic" in s["baselines"] and len(design["per_depth"]) == 2
     # the evaluation API with the reloaded reconstruction repeats the summary
-    from lensdesign.evaluate import evaluate_height, load_reconstruction
+    from lensdesign.evaluation import evaluate_height, load_reconstruction
     from lensdesign.rundir import RunDir
     from lensdesign.spec import load_spec
 

@@ -46,6 +46,7 @@ def memory_estimate(spec: Spec) -> dict[str, float]:
 def check_spec(spec: Spec) -> Table:
     """A table describing how `spec` will be simulated (raises SpecError when it cannot be)."""
     from lensdesign.optics.psf import plan_grid
+    from lensdesign.units import defocus_w020_m
 
     g = plan_grid(spec)
     o = spec.optics
@@ -59,9 +60,7 @@ def check_spec(spec: Spec) -> Table:
     t.add_row("material / max height", f"{spec.material_name} / {fmt_len(spec.max_height_m)}")
     depths = ", ".join(fmt_len(z) for z in spec.depths_m)
     t.add_row("depths", f"{depths}  (focus of reference lenses: {fmt_len(spec.focus_depth_m)})")
-    a, b = spec.diopter_range
-    pf = 0.0 if math.isinf(spec.focus_depth_m) else 1 / spec.focus_depth_m
-    w020 = (o.aperture / 2) ** 2 * max(abs(a - pf), abs(b - pf)) / 2
+    w020 = defocus_w020_m(spec)
     waves = f"{w020 / spec.design_wavelength_m:.2f} waves at {spec.design_wavelength_m * 1e9:.0f} nm"
     if len(spec.depths_m) > 1:
         t.add_row("defocus at range ends", f"W020 = {fmt_len(w020)} = {waves}")
@@ -120,7 +119,7 @@ def register(app: typer.Typer) -> None:
                 raise LensdesignError(f"--focus-depth: {e}") from None
         g = plan_grid(s)
         run = RunDir(out)
-        if (out / "design.json").exists() and not force:
+        if run.has_design() and not force:
             raise LensdesignError(f"{out}: already holds a design; pass --force to overwrite or choose another --out")
         fdm = s.focus_depth_m if fd is None else fd
         if kind == "fresnel":
@@ -146,7 +145,6 @@ def register(app: typer.Typer) -> None:
         import torch
 
         from lensdesign.device import pick_device
-        from lensdesign.fabrication.quantize import quantize
         from lensdesign.optics.psf import OpticalSystem
         from lensdesign.rundir import RunDir, atomic_write_bytes
 
@@ -155,14 +153,9 @@ def register(app: typer.Typer) -> None:
             raise LensdesignError(f"--out: {out.name} has an unknown format; use a .npz or .tiff file name")
         r = RunDir(run).require()
         s = r.load_spec()
-        d = r.load_design()
-        h = d.height_m
-        if quantized:
-            h = quantize(h, d.max_height_m, int(d.meta.get("levels", s.fabrication.levels)))
+        d = r.load_design(s)
+        h = d.quantized() if quantized else d.height_m
         system = OpticalSystem(s, device=pick_device(device))
-        if h.shape != (system.grid.n, system.grid.n):
-            raise LensdesignError(f"{run}: height map {h.shape} does not match the spec grid {system.grid.n}; "
-                                  "the run's spec.yaml was changed, re-create the run")
         with torch.no_grad():
             p = system.psf(torch.as_tensor(np.asarray(h), dtype=torch.float32)).cpu().numpy().astype(np.float32)
         pitch = system.grid.sensor_pitch

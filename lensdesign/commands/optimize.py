@@ -1,5 +1,5 @@
-"""Commands `optimize` (end-to-end design of the element and its reconstruction: Wiener filter, optionally a
-U-Net) and `simulate` (image a picture through a run's design)."""
+"""Command `optimize`: end-to-end design of the element and its reconstruction (Wiener filter, optionally a
+U-Net)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,6 @@ from lensdesign.spec import Spec, load_spec
 
 console = Console()
 
-RUN_FILES = ("spec.yaml", "design.safetensors", "design.json", "metrics.jsonl", "summary.json", "checkpoint.safetensors")
 RUN_DIRS = ("export", "report", "tensorboard")
 
 
@@ -36,11 +35,15 @@ def _resolve_images(spec: Spec, spec_path: Path) -> Spec:
 
 
 def _is_run(path: Path) -> bool:
+    from lensdesign.rundir import RUN_FILES
+
     return path.is_dir() and any((path / f).exists() for f in RUN_FILES)
 
 
 def _clear_run(path: Path) -> None:
     """Remove the files a previous run left (its design, logs, checkpoint, exports and report)."""
+    from lensdesign.rundir import RUN_FILES
+
     for f in RUN_FILES:
         (path / f).unlink(missing_ok=True)
     for d in RUN_DIRS:
@@ -145,9 +148,12 @@ def register(app: typer.Typer) -> None:
 
         ensure_unlocked(out, "optimize")
         if resume:
-            if not (out / "checkpoint.safetensors").is_file() or not (out / "spec.yaml").is_file():
+            from lensdesign.rundir import CHECKPOINT, RunDir
+
+            prev = RunDir(out)
+            if not (out / CHECKPOINT).is_file() or not prev.has_spec():
                 raise LensdesignError(f"{out}: no checkpoint to resume from; run without --resume")
-            run_spec = load_spec(out / "spec.yaml")
+            run_spec = prev.load_spec()
             for name, given, have in (("--steps", steps, run_spec.training.steps), ("--seed", seed, run_spec.training.seed)):
                 if given is not None and given != have:
                     raise LensdesignError(f"{name}: the run in {out} was started with {have}; resume with the same value "
@@ -223,36 +229,3 @@ def register(app: typer.Typer) -> None:
             console.print(_summary_table(result.summary))
             console.print(_gain_line(result.summary))
         console.print(f"wrote {out} in {time.monotonic() - t0:.0f} s")
-
-    @app.command()
-    def simulate(
-        run: Annotated[Path, typer.Argument(help="run directory")],
-        image: Annotated[Path, typer.Option("--image", help="picture to image (jpg, png, tiff; sRGB)")],
-        out: Annotated[Path, typer.Option("--out", help="folder for sensor.png, recon.png, metrics.json")],
-        depth_m: Annotated[str | None, typer.Option("--depth-m", help="depth of the whole picture in metres or inf "
-                                                    "(default: the spec's focus depth)")] = None,
-        depth_map: Annotated[Path | None, typer.Option("--depth-map", help="depth per pixel in metres, .npy (H, W)")] = None,
-        quantized: Annotated[bool, typer.Option("--quantized", help="use the height map quantized to the levels")] = False,
-        seed: Annotated[int, typer.Option("--seed", help="noise seed")] = 0,
-    ) -> None:
-        """Image a picture through a run's design (one depth, or layers from a depth map), add sensor noise and
-        reconstruct it with the run's Wiener filter (and U-Net); writes sensor.png, recon.png and metrics.json.
-        Super-resolution runs: the picture is the fine-grid scene, sensor.png the coarser sensor image."""
-        if depth_m is not None and depth_map is not None:
-            raise LensdesignError("--depth-m and --depth-map: give one of them (one depth for the whole picture, or a map)")
-        if not image.is_file():
-            raise LensdesignError(f"{image}: no such image file; check the path")
-        if depth_map is not None and not depth_map.is_file():
-            raise LensdesignError(f"--depth-map: {depth_map}: no such file; give a .npy array of depths in metres")
-        from lensdesign.rundir import RunDir
-
-        RunDir(run).require()
-        from lensdesign.evaluate import simulate_picture
-
-        metrics = simulate_picture(run, image, out, depth=depth_m, depth_map=depth_map, quantized=quantized, seed=seed)
-        d = metrics["depth_m"]
-        where = "layers " + ", ".join("inf" if z is None else f"{z:g}" for z in metrics["layers_m"]) if d == "map" else (
-            "inf" if d is None else f"{d:g} m")
-        console.print(f"simulated {image.name} at {where}: sensor {metrics['sensor_psnr_db']:.2f} dB → reconstruction "
-                      f"{metrics['psnr_db']:.2f} dB PSNR, SSIM {metrics['ssim']:.3f}; wrote {out}")
-

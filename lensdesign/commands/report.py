@@ -34,7 +34,7 @@ def register(app: typer.Typer) -> None:
         from lensdesign.errors import LensdesignError
         from lensdesign.rundir import RunDir
 
-        RunDir(run).require().load_spec()  # fail with one line before any progress output
+        RunDir(run).require().load_design()  # fail with one line before any progress output
         if samples < 0:
             raise LensdesignError("--samples: must be 0 or more (0 skips the as-built Monte Carlo)")
         if mtf_frequency is not None and not (math.isfinite(mtf_frequency) and mtf_frequency > 0):

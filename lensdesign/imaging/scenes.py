@@ -120,6 +120,9 @@ def read_image(path: str | Path) -> np.ndarray:
 
             with Image.open(p) as im:
                 a = np.asarray(im.convert("RGB") if im.mode not in ("L", "I;16", "I", "F", "RGB") else im)
+        if np.iscomplexobj(a) or not np.isfinite(a).all():
+            raise LensdesignError(f"{p}: pixel values are complex or not finite (NaN or inf); save the picture with "
+                                  "real, finite values")
         return to_float_rgb(a)
     except LensdesignError:
         raise

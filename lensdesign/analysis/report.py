@@ -42,9 +42,9 @@ from lensdesign.analysis.report_page import ImageQualityRow, Page, encode_figure
 from lensdesign.analysis.tolerance import FabricationErrors, monte_carlo
 from lensdesign.baselines import cubic_height, default_cubic_strength, fresnel_height
 from lensdesign.errors import LensdesignError
-from lensdesign.evaluation import evaluate_height, load_reconstruction, simulate_examples, validation_set
-from lensdesign.fabrication.quantize import quantize, staircase_efficiency
-from lensdesign.rundir import SUMMARY, RunDir, atomic_write_bytes, atomic_write_json, atomic_write_text
+from lensdesign.evaluation import Evaluator
+from lensdesign.fabrication.quantize import staircase_efficiency
+from lensdesign.rundir import RunDir, Summary, atomic_write_bytes, atomic_write_json, atomic_write_text
 from lensdesign.spec import Spec
 
 Progress = Callable[[str, int, int], None]
@@ -52,6 +52,8 @@ Progress = Callable[[str, int, int], None]
 
 ASYMMETRY_LIMIT = 0.05  # MTF spread over orientations above which sagittal / tangential MTFs are shown
 CROP_HALF = 256  # fine samples kept either side of the axis for display and encircled energy
+
+
 @dataclass
 class ReportSettings:
     """Options of `lensdesign report`. `mtf_frequency` in cycles/m (None: half the Nyquist
@@ -102,7 +104,7 @@ class ReportContext:
     levels: int
     max_height: float  # m
     meta: dict[str, Any]
-    summary: dict[str, Any] | None
+    summary: Summary | None
     settings: ReportSettings
     progress: Progress
     notes: list[str] = field(default_factory=list)
@@ -132,20 +134,9 @@ def _r(x: float, nd: int = 6) -> float:
     return float(f"{x:.{nd}g}") if math.isfinite(x) else x
 
 
-def read_summary(run: RunDir) -> dict[str, Any] | None:
-    p = run / SUMMARY
-    if not p.is_file():
-        return None
-    try:
-        data = json.loads(p.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise LensdesignError(f"{p}: not valid JSON; delete it or re-run 'lensdesign optimize'") from None
-    return data if isinstance(data, dict) else None
-
-
 def cubic_strength(ctx: ReportContext) -> tuple[float, str]:
     """Cubic baseline strength (waves): recorded in summary.json or the run's design, else the default."""
-    s = ctx.summary or {}
+    s = ctx.summary.data if ctx.summary is not None else {}
     cub = (s.get("baselines") or {}).get("cubic") or {}
     for key in ("strength_waves", "cubic_strength_waves", "strength"):
         if isinstance(cub.get(key), (int, float)):
@@ -288,11 +279,13 @@ def _per_depth_table(entry: dict[str, Any] | None) -> list[dict[str, Any]]:
 
 class ImageQuality:
     """PSNR / SSIM of the design and the baselines: from summary.json when optimize wrote one, else computed
-    with lensdesign.evaluate (Wiener γ tuned per design)."""
+    with lensdesign.evaluation (Wiener γ tuned per design)."""
 
     def __init__(self, ctx: ReportContext, heights: dict[str, np.ndarray]) -> None:
         self.ctx = ctx
         self.heights = heights
+        self.ev = Evaluator(ctx.spec, ctx.settings.device)
+        self.cpu_ev = self.ev if self.ev.device.type == "cpu" else Evaluator(ctx.spec, "cpu")  # example images
         self.source = "unavailable"
         self.result: dict[str, Any] = {}
         self.gammas: dict[str, Any] = {}
@@ -301,8 +294,7 @@ class ImageQuality:
 
     def images(self) -> torch.Tensor:
         if self._images is None:
-            self._images = validation_set(self.ctx.spec, count=self.ctx.settings.validation_images,
-                                          seed=self.ctx.settings.seed)
+            self._images = self.ev.validation_set(count=self.ctx.settings.validation_images, seed=self.ctx.settings.seed)
         return self._images
 
     def evaluate(self, height: np.ndarray, gamma: Any = None, learned: bool = False) -> dict[str, Any]:
@@ -314,20 +306,20 @@ class ImageQuality:
         key = (hashlib.sha1(h.tobytes()).hexdigest(), json.dumps(gamma), recon is not None)
         if key not in self._cache:
             kw = {"recon": recon} if recon is not None else {}
-            self._cache[key] = evaluate_height(self.ctx.spec, h, gamma=gamma, device=self.ctx.settings.device,
-                                               seed=self.ctx.settings.seed, images=self.images(), **kw)
+            self._cache[key] = self.ev.evaluate_height(h, gamma=gamma, seed=self.ctx.settings.seed, images=self.images(),
+                                                       **kw)
         return self._cache[key]
 
     def run(self) -> None:
-        s = self.ctx.summary
-        if s is not None and isinstance(s.get("design"), dict):
+        if self.ctx.summary is not None:
+            s = self.ctx.summary.data
             self.source = "summary.json"
             self.result = {k: s[k] for k in ("design", "design_quantized", "baselines") if k in s}
             for name, e in self.by_name().items():
                 if e.get("gamma") is not None:
                     self.gammas[name] = e["gamma"]
             return
-        self.source = "computed with lensdesign.evaluate (Wiener γ tuned per design on the validation images)"
+        self.source = "computed with lensdesign.evaluation (Wiener γ tuned per design on the validation images)"
         names = ["design", "design (quantized)", "fresnel", "cubic"]
         out: dict[str, Any] = {}
         for k, name in enumerate(names):
@@ -359,9 +351,8 @@ class ImageQuality:
     def gamma_of(self, name: str) -> Any:
         """The Wiener γ of `name` (tuned on one validation image when neither summary.json nor evaluation gave one)."""
         if self.gammas.get(name) is None:
-            ctx = self.ctx
-            self.gammas[name] = evaluate_height(ctx.spec, self.heights[name], gamma=None, device=ctx.settings.device,
-                                                seed=ctx.settings.seed, images=self.images()[:1]).get("gamma")
+            self.gammas[name] = self.ev.evaluate_height(self.heights[name], gamma=None, seed=self.ctx.settings.seed,
+                                                        images=self.images()[:1]).get("gamma")
         return self.gammas[name]
 
     def examples(self, names: list[str], depths: list[float]) -> tuple[np.ndarray, list[Any]]:
@@ -377,8 +368,8 @@ class ImageQuality:
             kw = {"recon": ctx.recon} if name == "design" and ctx.recon is not None else {}
             cells = []
             for z in depths:
-                sensor, recon = simulate_examples(ctx.spec, self.heights[name], gamma, z, img[0],
-                                                  seed=ctx.settings.seed, **kw)
+                sensor, recon = self.cpu_ev.simulate_examples(self.heights[name], gamma, z, img[0],
+                                                              seed=ctx.settings.seed, **kw)
                 cells.append((np.asarray(sensor), np.asarray(recon), f"{M.psnr_db(recon, truth):.1f} dB"))
                 done += 1
                 ctx.progress("example images", done, total)
@@ -445,16 +436,14 @@ def fabrication(ctx: ReportContext, fa: FieldAnalyzer, iq: ImageQuality) -> tupl
 
 
 def _load(run_path: Path, settings: ReportSettings, progress: Progress | None) -> ReportContext:
+    """The run's spec, validated design (on the spec's grid) and summary."""
     run = RunDir(run_path).require()
     spec = run.load_spec()
-    design = run.load_design()
-    h = np.asarray(design.height_m, dtype=np.float32)
-    levels = int(design.meta.get("levels", spec.fabrication.levels))
-    max_h = float(design.meta.get("max_height_m", spec.max_height_m))
-    q = np.asarray(quantize(h.astype(np.float64), max_h, levels), dtype=np.float32)
-    return ReportContext(run=run, spec=spec, height=h, quantized=q, levels=levels, max_height=max_h,
-                         meta=dict(design.meta), summary=read_summary(run), settings=settings,
-                         progress=progress or (lambda *_: None), recon=load_reconstruction(design))
+    design = run.load_design(spec)
+    return ReportContext(run=run, spec=spec, height=np.asarray(design.height_m, dtype=np.float32),
+                         quantized=design.quantized(), levels=design.levels, max_height=design.max_height_m,
+                         meta=dict(design.meta), summary=run.load_summary(), settings=settings,
+                         progress=progress or (lambda *_: None), recon=design.reconstruction())
 
 
 def diffraction_limits(spec: Spec) -> list[DiffractionLimit]:
@@ -509,9 +498,6 @@ def analyse(ctx: ReportContext) -> Analysis:
     """PSFs of the design, through-depth MTF against the baselines, image quality, fabrication, example images."""
     spec = ctx.spec
     fa = FieldAnalyzer(spec, device=ctx.settings.device)
-    if ctx.height.shape != (fa.n, fa.n):
-        raise LensdesignError(f"{ctx.run.path}: height map {ctx.height.shape} does not match the spec grid {fa.n}; "
-                              "the run's spec.yaml was changed, re-create the run")
     depths = spec.depths_m
     limits = diffraction_limits(spec)
     f0 = _through_depth_frequency(ctx, fa, limits)

@@ -8,31 +8,14 @@ Depths are floats with `math.inf` for infinity; report.json writes infinity (and
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from lensdesign.units import json_safe
+
 OMIT_NONE = {"omit_none": True}  # field metadata: leave the key out of report.json when the value is None
-
-
-def json_safe(obj: Any) -> Any:
-    """Plain JSON: numpy scalars/arrays to Python, non-finite floats (inf depth, NaN) to null."""
-    if isinstance(obj, dict):
-        return {str(k): json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [json_safe(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return json_safe(obj.tolist())
-    if isinstance(obj, (np.floating, float)):
-        v = float(obj)
-        return v if math.isfinite(v) else None
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, np.bool_):
-        return bool(obj)
-    return obj
 
 
 def _plain(obj: Any) -> Any:

@@ -336,6 +336,9 @@ def test_cubic_baseline_exports_and_refuses_to_overwrite(tmp_path: Path, tiny_sp
     (["--levels", "12"], "--levels"),
     (["--stl", "--field", "500 parsecs"], "--field"),
     (["--process", "laser"], "--process"),
+    (["--tone", "negative"], "--tone"),
+    (["--gds", "--process", "grayscale", "--levels", "8", "--tone", "dark"], "--tone"),
+    (["--tiff", "--lut", "no-such-dose-curve.csv"], "--lut"),
 ])
 def test_user_errors_are_one_line_exit_2(fresnel_export: Path, tmp_path: Path, cli, args: list[str], word: str) -> None:
     r = cli("export", fresnel_export, "--out", tmp_path / "x", *args)
@@ -366,7 +369,7 @@ def test_two_photon_defaults_to_tiff_and_stl_and_lut_errors_write_nothing(tmp_pa
     run = make_radial_run(tmp_path / "run", 6e-6, process="two_photon", levels=16)
     lut = tmp_path / "short.csv"
     lut.write_text("0,0\n500,255\n")  # does not reach the top level
-    with pytest.raises(LensdesignError, match="--lut"):
+    with pytest.raises(LensdesignError, match=r"^lut: "):  # the argument; the command names its flag --lut
         export_run(run, ExportOptions(tiff=True, lut=lut))
     assert not (run / "export").exists()
     res = export_run(run, ExportOptions(field_m=150e-6))
@@ -375,6 +378,86 @@ def test_two_photon_defaults_to_tiff_and_stl_and_lut_errors_write_nothing(tmp_pa
     assert sum(n.endswith(".stl") for n in names) == 4  # 64 px at 4 um in 150 um fields: 2 × 2
     assert "not applicable" in res.rules["misalignment"]["note"]
     assert res.rules["plateaus"]["min_feature_m"] >= 4e-6
+
+
+# ---- mask tone --------------------------------------------------------------------------------------------------
+
+
+def klayout_regions(path: Path) -> tuple[kdb.Layout, dict[tuple[int, int], kdb.Region]]:
+    """Every (layer, datatype) of a layout as a merged KLayout region (the layout is returned to keep it alive)."""
+    layout = kdb.Layout()
+    layout.read(str(path))
+    top = layout.top_cell()
+    regions = {}
+    for li in layout.layer_indexes():
+        info = layout.get_info(li)
+        regions[(info.layer, info.datatype)] = kdb.Region(top.begin_shapes_rec(li)).merged()
+    return layout, regions
+
+
+def twice_area(p: np.ndarray) -> int:
+    """Twice the signed area of an integer polygon (exact)."""
+    x, y = p[:, 0].astype(object), p[:, 1].astype(object)
+    return int(sum(x * np.roll(y, -1) - np.roll(x, -1) * y))
+
+
+def test_dark_tone_masks_are_the_complements_on_the_pixel_grid(fresnel_export: Path, tmp_path: Path, cli) -> None:
+    out = tmp_path / "dark"
+    r = cli("export", fresnel_export, "--gds", "--oasis", "--tone", "dark", "--misalignment", "0", "--out", out)
+    assert r.returncode == 0, r.stderr
+    levels, _, _ = read_tiff(fresnel_export / "export" / "tiny.levels.tiff")
+    n = levels.shape[0]
+    for path in (out / "tiny.gds", out / "tiny.oas"):
+        shapes = klayout_masks(path, n, 4000)
+        for j in range(3):
+            kept = ((levels >> j) & 1).astype(bool)
+            assert int((shapes[(j + 1, 0)] != ~kept).sum()) == 0
+    clear = json.loads((fresnel_export / "export" / "tiny.rules.json").read_text())
+    dark = json.loads((out / "tiny.rules.json").read_text())
+    assert (clear["tone"], dark["tone"]) == ("clear", "dark")
+    assert "dark-field" in dark["conventions"]["tone"] and "clear-field" in clear["conventions"]["tone"]
+    assert dark["conventions"]["masks"] != clear["conventions"]["masks"]
+    # the relief does not depend on the tone: the same features, gaps and fills
+    for a, b in zip(clear["masks"], dark["masks"], strict=True):
+        for key in ("cell", "etch_depth_m", "fill_factor", "min_feature_m", "min_gap_m", "features_below_min"):
+            assert a[key] == b[key]
+
+
+def test_dark_tone_rings_and_clear_tone_tile_the_die_square(tmp_path: Path) -> None:
+    from lensdesign.fabrication.export import ExportOptions, export_run
+
+    run = make_radial_run(tmp_path / "run", 4e-6)
+    clear = export_run(run, ExportOptions(tiff=True, gds=True))
+    dark = export_run(run, ExportOptions(gds=True, tone="dark", out=tmp_path / "dark"))
+    levels, _, _ = read_tiff(clear.out / "tiny.levels.tiff")
+    n = levels.shape[0]
+    shapes = klayout_masks(dark.out / "tiny.gds", n, 4000)
+    _keep_c, rc = klayout_regions(clear.out / "tiny.gds")
+    _keep_d, rd = klayout_regions(dark.out / "tiny.gds")
+    half = (n // 2) * 4000 + 2000  # die square: (N//2 + 1/2) pitch around the axis, in nm
+    die = kdb.Region(kdb.Box(-half, -half, half, half))
+    for j in range(3):
+        assert int((shapes[(j + 1, 0)] != ~((levels >> j) & 1).astype(bool)).sum()) == 0
+        a, b = rc[(j + 1, 0)] & die, rd[(j + 1, 0)] & die  # the alignment marks lie outside the die
+        assert (a & b).area() == 0 and ((a + b).merged() ^ die).is_empty()
+    assert all(m["max_vertices_per_polygon"] <= 4094 for m in dark.rules["masks"])
+
+
+def test_square_frame_polygons_cover_the_square_minus_the_aperture_exactly() -> None:
+    from lensdesign.fabrication.rings import square_frame_polygons, tie_free_circle
+
+    n, pitch, half = 64, 4000, 130000
+    circ = tie_free_circle(125e3, 10, pitch, n, closed=True)
+    polys = square_frame_polygons(circ, half, pitch, max_vertices=40)
+    assert len(polys) > 4 and max(len(p) for p in polys) <= 40
+    assert all(twice_area(p) > 0 for p in polys)  # counter-clockwise, none degenerate
+    assert sum(twice_area(p) for p in polys) == 2 * (2 * half) ** 2 - twice_area(circ.vertices)
+    # pixel centres: the frame holds exactly those outside the aperture polygon (and none lies on a cut)
+    frame = raster_contours([[p] for p in polys], n, pitch)
+    k = (np.arange(n) - n // 2) * pitch
+    xx, yy = np.meshgrid(k, k)
+    outside = (classify(circ, xx.ravel(), yy.ravel()) < 0).reshape(n, n)
+    assert np.array_equal(frame, outside) and outside.any()
 
 
 # ---- units ------------------------------------------------------------------------------------------------------

@@ -11,9 +11,15 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from lensdesign.errors import LensdesignError
+from lensdesign.errors import ArgumentError, LensdesignError
 
 console = Console()
+
+# ExportOptions argument → the option of this command that sets it (library errors name arguments)
+FLAGS = {"tiff": "--tiff", "gds": "--gds", "oasis": "--oasis", "stl": "--stl", "levels": "--levels",
+         "process": "--process", "out": "--out", "force": "--force", "field_m": "--field", "base_m": "--base",
+         "lut": "--lut", "misalignment_m": "--misalignment", "workers": "--workers",
+         "arc_tolerance_m": "--arc-tolerance", "tone": "--tone"}
 
 
 def _length(value: str, option: str, allow_zero: bool = False) -> float:
@@ -113,6 +119,9 @@ def register(app: typer.Typer) -> None:
         arc_tolerance: Annotated[str, typer.Option(
             "--arc-tolerance", help="radial designs: largest distance of a ring polygon from its circle")] = "10nm",
         workers: Annotated[int | None, typer.Option(help="processes for polygon building (default: CPU count)")] = None,
+        tone: Annotated[str, typer.Option(
+            help="multilevel mask polarity: clear = polygons are the material kept in each etch (clear-field "
+                 "photomask, positive resist); dark = polygons are the areas etched (dark-field photomask)")] = "clear",
     ) -> None:
         """Quantize a run's design and write fabrication files with a design-rule report.
 
@@ -125,12 +134,15 @@ def register(app: typer.Typer) -> None:
             tiff=tiff, gds=gds, oasis=oasis, stl=stl, levels=levels, process=process, out=out, force=force,
             field_m=_length(field, "--field"), base_m=_length(base, "--base"), lut=lut,
             misalignment_m=None if misalignment is None else _length(misalignment, "--misalignment", allow_zero=True),
-            workers=workers, arc_tolerance_m=_length(arc_tolerance, "--arc-tolerance"),
+            workers=workers, arc_tolerance_m=_length(arc_tolerance, "--arc-tolerance"), tone=tone,
         )
         if workers is not None and workers < 1:
             raise LensdesignError("--workers: use 1 or more")
-        with run_lock(run, "export", create=False):  # one writer per run directory
-            res = export_run(run, opts)
+        try:
+            with run_lock(run, "export", create=False):  # one writer per run directory
+                res = export_run(run, opts)
+        except ArgumentError as e:
+            raise LensdesignError(e.render(FLAGS)) from None
         console.print(rules_table(res.rules))
         console.print(summary_table(res.rules))
         for w in res.warnings:

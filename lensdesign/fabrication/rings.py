@@ -271,3 +271,56 @@ def rings_polygons(layout: RingLayout, selected: np.ndarray, pitch_nm: int) -> l
         inner = layout.boundaries[a - 1] if a > 0 else None
         polys.extend(annulus_polygons(inner, layout.boundaries[b - 1], pitch_nm))
     return polys
+
+
+def _square_position(p: np.ndarray, half_nm: int) -> int:
+    """Distance (nm) along the boundary of the square [−h, h]² from its corner (−h, −h), counter-clockwise."""
+    x, y, h = int(p[0]), int(p[1]), half_nm
+    if y == -h:
+        return x + h
+    if x == h:
+        return 2 * h + y + h
+    if y == h:
+        return 4 * h + h - x
+    return 6 * h + h - y
+
+
+def square_frame_polygons(hole: CirclePolygon, half_nm: int, pitch_nm: int,
+                          max_vertices: int = MAX_VERTICES) -> list[np.ndarray]:
+    """Simple polygons (int64 nm) that together cover exactly the square [−h, h]² minus the polygon `hole`.
+
+    The frame is cut along axis-parallel rays from hole vertices to the square (vertical where |y| ≥ |x|,
+    horizontal elsewhere, so no two cuts cross), each passing through no pixel centre; the square's sides lie
+    half a pitch off the pixel centres when h is an odd multiple of pitch/2.
+    """
+    if hole.r_out >= half_nm:
+        raise LensdesignError(f"the aperture (radius {hole.radius_nm * 1e-3:.6g} um) reaches beyond the square of "
+                              f"half-size {half_nm * 1e-3:.6g} um it is cut from; re-create the run")
+    v, n = hole.vertices, hole.n
+    s = max(4, math.ceil(n / (max_vertices - 8)))
+
+    def ray(i: int) -> np.ndarray:
+        x, y = int(v[i % n, 0]), int(v[i % n, 1])
+        if abs(y) >= abs(x):
+            return np.array([x, half_nm if y > 0 else -half_nm], dtype=np.int64)
+        return np.array([half_nm if x > 0 else -half_nm, y], dtype=np.int64)
+
+    cuts = [round(q * n / s) for q in range(s)]
+    for q in range(s):
+        while segment_hits_lattice(v[cuts[q] % n], ray(cuts[q]), pitch_nm):
+            cuts[q] += 1
+    corners = np.array([[-half_nm, -half_nm], [half_nm, -half_nm], [half_nm, half_nm], [-half_nm, half_nm]],
+                       dtype=np.int64)
+    corner_pos = [2 * half_nm * k for k in range(4)]
+    perimeter = 8 * half_nm
+    polys = []
+    for q in range(s):
+        i0, i1 = cuts[q] % n, cuts[(q + 1) % s] % n
+        a, b = ray(i0), ray(i1)
+        pa, pb = _square_position(a, half_nm), _square_position(b, half_nm)
+        span = (pb - pa) % perimeter
+        between = sorted((((cp - pa) % perimeter, k) for k, cp in enumerate(corner_pos)
+                          if 0 < (cp - pa) % perimeter < span))
+        outer = [a, *(corners[k] for _, k in between), b]
+        polys.append(np.concatenate([np.stack(outer), _arc(v, i0, i1)[::-1]]))
+    return polys

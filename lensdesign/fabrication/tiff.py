@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import tifffile
 
-from lensdesign.errors import LensdesignError
+from lensdesign.errors import ArgumentError
 from lensdesign.rundir import atomic_write_bytes
 
 ORIENTATION_BOTLEFT = 4  # TIFF tag 274: row 0 at the bottom, column 0 at the left
@@ -44,15 +44,16 @@ def level_dtype(levels: int) -> type[np.unsignedinteger]:
 def read_lut(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """A dose curve: CSV of height (nm) and grey value (0–255), one pair a line; a header line is allowed.
 
-    Returns (heights in metres, grey values), sorted by height. Raises a one-line error naming --lut.
+    Returns (heights in metres, grey values), sorted by height. Raises a one-line `ArgumentError` naming the argument
+    `lut`.
     """
     if not path.is_file():
-        raise LensdesignError(f"--lut: {path}: no such file; give a CSV of height_nm,grey pairs")
+        raise ArgumentError("{lut}: {path}: no such file; give a CSV of height_nm,grey pairs", path=path)
     rows: list[tuple[float, float]] = []
     try:
         text = path.read_text()
     except UnicodeDecodeError:
-        raise LensdesignError(f"--lut: {path}: not a text file; give a CSV of height_nm,grey pairs") from None
+        raise ArgumentError("{lut}: {path}: not a text file; give a CSV of height_nm,grey pairs", path=path) from None
     for n, rec in enumerate(csv.reader(io.StringIO(text)), start=1):
         rec = [c.strip() for c in rec if c.strip()]
         if not rec or rec[0].startswith("#"):
@@ -62,20 +63,21 @@ def read_lut(path: Path) -> tuple[np.ndarray, np.ndarray]:
         except (ValueError, IndexError):
             if not rows and n == 1:
                 continue  # header
-            raise LensdesignError(f"--lut: {path}: line {n} is not 'height_nm,grey'; fix that line") from None
+            raise ArgumentError("{lut}: {path}: line {n} is not 'height_nm,grey'; fix that line",
+                                path=path, n=n) from None
         rows.append((h, g))
     if len(rows) < 2:
-        raise LensdesignError(f"--lut: {path}: needs at least two height_nm,grey rows")
+        raise ArgumentError("{lut}: {path}: needs at least two height_nm,grey rows", path=path)
     a = np.array(rows, dtype=np.float64)
     a = a[np.argsort(a[:, 0], kind="stable")]
     h, g = a[:, 0], a[:, 1]
     if np.any(np.diff(h) <= 0):
-        raise LensdesignError(f"--lut: {path}: heights repeat; give each height once")
+        raise ArgumentError("{lut}: {path}: heights repeat; give each height once", path=path)
     dg = np.diff(g)
     if not (np.all(dg >= 0) or np.all(dg <= 0)):
-        raise LensdesignError(f"--lut: {path}: grey values are not monotonic in height; a dose curve must be")
+        raise ArgumentError("{lut}: {path}: grey values are not monotonic in height; a dose curve must be", path=path)
     if g.min() < 0 or g.max() > 255:
-        raise LensdesignError(f"--lut: {path}: grey values must lie in 0–255")
+        raise ArgumentError("{lut}: {path}: grey values must lie in 0–255", path=path)
     return h * 1e-9, g
 
 
@@ -84,6 +86,7 @@ def grey_levels(lut_heights_m: np.ndarray, lut_grey: np.ndarray, level_heights_m
     lo, hi = lut_heights_m[0], lut_heights_m[-1]
     tol = 1e-12
     if level_heights_m.min() < lo - tol or level_heights_m.max() > hi + tol:
-        raise LensdesignError(f"--lut: {source} covers {lo * 1e9:.4g}–{hi * 1e9:.4g} nm but the levels need "
-                              f"{level_heights_m.min() * 1e9:.4g}–{level_heights_m.max() * 1e9:.4g} nm; extend the table")
+        raise ArgumentError("{lut}: {source} covers {lo:.4g}–{hi:.4g} nm but the levels need {a:.4g}–{b:.4g} nm; "
+                            "extend the table", source=source, lo=lo * 1e9, hi=hi * 1e9,
+                            a=level_heights_m.min() * 1e9, b=level_heights_m.max() * 1e9)
     return np.clip(np.rint(np.interp(level_heights_m, lut_heights_m, lut_grey)), 0, 255).astype(np.uint8)

@@ -8,7 +8,6 @@ Every file is written whole or not at all; NAME.rules.json comes last and lists 
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,6 +24,7 @@ from lensdesign.fabrication.plan import ExportOptions, ExportPlan, check_outputs
 from lensdesign.fabrication.tiff import grey_levels, read_lut
 from lensdesign.fabrication.writers import ShapeMap, layout_shapes, mask_layout, write_stl_fields, write_tiffs
 from lensdesign.rundir import RunDir, atomic_write_json
+from lensdesign.units import json_safe
 
 __all__ = ["ExportOptions", "ExportResult", "export_run"]
 
@@ -108,21 +108,6 @@ def export_run(run: str | Path, opts: ExportOptions) -> ExportResult:
     timings["total_s"] = time.perf_counter() - t_start
     report.timings_s = timings
     rules = report.to_json()
-    atomic_write_json(plan.rules_path, _jsonable(rules))
+    atomic_write_json(plan.rules_path, json_safe(rules))
     files = {**report.files, plan.rules_path.name: plan.rules_path.stat().st_size}
     return ExportResult(plan.out, plan.name, files, rules, report.violations, report.warnings, timings, report)
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (np.floating, float)):
-        f = float(obj)
-        return None if math.isnan(f) or math.isinf(f) else f
-    if isinstance(obj, np.bool_):
-        return bool(obj)
-    return obj

@@ -339,7 +339,8 @@ def _format_loc(loc: tuple[Any, ...]) -> str:
         elif isinstance(p, str) and ("[" in p or "function-" in p or p.startswith("literal")):
             continue
         else:
-            parts.append(("." if parts else "") + str(p))
+            name = str(p)
+            parts.append(("." if parts else "") + (name if name.isprintable() and name.strip() else repr(name)))
     return "".join(parts) or "spec"
 
 

@@ -19,6 +19,14 @@ from lensdesign.errors import LensdesignError
 LOCK = ".lensdesign.lock"
 
 
+def _writer_rank() -> bool:
+    """False on the ranks other than 0 of a torchrun job (WORLD_SIZE > 1); True otherwise."""
+    try:
+        return int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1 or int(os.environ.get("RANK", "0") or 0) == 0
+    except ValueError:
+        return True
+
+
 def _holder(path: Path) -> str:
     """'pid N, COMMAND' recorded in a lock file, or 'another process'."""
     try:
@@ -58,7 +66,7 @@ def run_lock(run: str | Path, command: str, log: Callable[[str], None] | None = 
     (reported through `log`).
     """
     run = Path(run)
-    if int(os.environ.get("RANK", "0") or 0) != 0 or (not create and not run.is_dir()):
+    if not _writer_rank() or (not create and not run.is_dir()):
         yield
         return
     run.mkdir(parents=True, exist_ok=True)

@@ -77,7 +77,7 @@ class Healer:
                 f"and start again with --force; the last good checkpoint is kept in {self.run.path}")
         t.lr_scale *= LR_CUT
         if self.write:
-            _truncate_metrics(self.run / METRICS, self.snap_step, keep_events=True)
+            _truncate_metrics(self.run / METRICS, self.snap_step)
             self.run.append_metrics({"event": "rollback", "step": r.step, "to_step": self.snap_step,
                                      "reason": f"non-finite {what}", "lr_scale": t.lr_scale,
                                      "rollbacks_in_row": self.in_row})

@@ -331,19 +331,24 @@ def load_checkpoint(run: RunDir, trainer: Trainer) -> int:
     return int(meta["step"])
 
 
-def _truncate_metrics(path: Path, upto: int, keep_events: bool = False) -> None:
-    """Keep the metrics records of steps < `upto` (what the checkpoint has done), and with `keep_events` every
-    event record (rollbacks)."""
+def _truncate_metrics(path: Path, upto: int, events: int | None = None) -> None:
+    """Keep the metrics records of steps < `upto` (what the checkpoint has done) and the first `events` event
+    records (rollbacks; None: all of them)."""
     if not path.is_file():
         return
     keep = []
+    seen = 0
     for line in path.read_text().splitlines():
         try:
             rec = json.loads(line)
-            if rec.get("step", 0) < upto or (keep_events and "event" in rec):
-                keep.append(line)
         except json.JSONDecodeError:
             continue
+        if "event" in rec:
+            seen += 1
+            if events is None or seen <= events:
+                keep.append(line)
+        elif rec.get("step", 0) < upto:
+            keep.append(line)
     from lensdesign.rundir import atomic_write_text
 
     atomic_write_text(path, "".join(k + "\n" for k in keep))
@@ -406,7 +411,8 @@ def run_optimization(spec: Spec, out: Path, device: torch.device, *, resume: boo
     start = 0
     if resume:
         start = load_checkpoint(run, trainer)
-        _truncate_metrics(run / METRICS, start)
+        # the rollbacks the checkpoint has seen: each one halved its learning rates
+        _truncate_metrics(run / METRICS, start, events=round(-math.log2(trainer.lr_scale)))
         log(f"resuming {out} at step {start} of {spec.training.steps}")
     else:
         from lensdesign.rundir import SPEC, atomic_write_text

@@ -241,6 +241,9 @@ def test_non_finite_gradient_is_rolled_back(tmp_path: Path, monkeypatch) -> None
     events = [x for x in _records(tmp_path / "run") if "event" in x]
     assert [(e["step"], e["to_step"], e["reason"]) for e in events] == [(3, 2, "non-finite gradient")]
     assert any("non-finite gradient" in m for m in log)
+    before = _records(tmp_path / "run")
+    res, _ = _quick_trainer_run(tmp_path, monkeypatch, spec, resume=True)  # from the final checkpoint (lr ×0.5)
+    assert res.steps_done == 6 and _records(tmp_path / "run") == before  # the rollback record stays
 
 
 def test_repeated_nan_stops_with_one_line_and_keeps_the_good_checkpoint(tmp_path: Path, monkeypatch) -> None:

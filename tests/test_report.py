@@ -122,9 +122,10 @@ def test_report_files_page_and_json_schema(single_report):
 
 
 def _write_optimized_run(path: Path, strength: float, overrides: dict | None = None,
-                         extra_baselines: tuple[str, ...] = ()) -> dict:
+                         extra_baselines: tuple[str, ...] = (), summary_extra: dict | None = None) -> dict:
     """A run directory as `optimize` leaves it (design + summary.json), with a cubic-like design; `overrides`
-    replace top-level spec entries, `extra_baselines` add summary.json baselines under those names."""
+    replace top-level spec entries, `extra_baselines` add summary.json baselines under those names,
+    `summary_extra` adds top-level summary.json entries."""
     from lensdesign.baselines import cubic_height
     from lensdesign.optics.psf import plan_grid
     from lensdesign.rundir import RunDir, atomic_write_json, design_meta
@@ -146,7 +147,7 @@ def _write_optimized_run(path: Path, strength: float, overrides: dict | None = N
 
     summary = {"design": entry(25.0), "design_quantized": entry(24.5),
                "baselines": {"fresnel": entry(20.0), "cubic": {**entry(22.0), "strength_waves": strength},
-                             **{name: entry(21.0) for name in extra_baselines}}}
+                             **{name: entry(21.0) for name in extra_baselines}}, **(summary_extra or {})}
     atomic_write_json(path / "summary.json", summary)
     return summary
 
@@ -204,11 +205,13 @@ HOSTILE = "<script>alert(1)</script>"
 
 @pytest.fixture(scope="module")
 def superres_report(tmp_path_factory) -> Path:
-    """The report of a super-resolution run (16 µm pixels, ×2) whose summary.json names a baseline with HTML."""
+    """The report of a super-resolution run (16 µm pixels, ×2) whose summary.json names a baseline with HTML and
+    says, as a U-Net run's does, that the baselines were reconstructed with the Wiener filter."""
     from tests.conftest import run_cli
 
     d = tmp_path_factory.mktemp("superres")
-    _write_optimized_run(d / "run", strength=2.0, overrides=SUPERRES, extra_baselines=(HOSTILE,))
+    _write_optimized_run(d / "run", strength=2.0, overrides=SUPERRES, extra_baselines=(HOSTILE,),
+                         summary_extra={"baseline_reconstruction": "wiener (tuned γ); no U-Net trained for baselines"})
     r = run_cli("report", d / "run", "--samples", "0", "--device", "cpu")
     assert r.returncode == 0, r.stderr
     return d / "run" / "report"
@@ -230,7 +233,15 @@ def test_report_page_escapes_text_from_the_run(superres_report):
     assert HOSTILE in rep["image_quality"]["baselines"]
     page = (superres_report / "index.html").read_text()
     assert "<script" not in page
-    assert '<td class="l">&lt;script&gt;alert(1)&lt;/script&gt;</td>' in page
+    assert '<td class="l">&lt;script&gt;alert(1)&lt;/script&gt; (Wiener)</td>' in page
+
+
+def test_report_says_the_baselines_of_a_unet_run_use_the_wiener_filter(superres_report):
+    page = (superres_report / "index.html").read_text()
+    assert "baselines: wiener (tuned γ); no U-Net trained for baselines" in page
+    rep = strict_json(superres_report / "report.json")
+    assert rep["image_quality"]["baseline_reconstruction"].startswith("wiener")
+    assert '<td class="l">fresnel (Wiener)</td>' in page and '<td class="l">design</td>' in page
 
 
 def test_report_template_escapes_every_table_cell():

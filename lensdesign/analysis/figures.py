@@ -215,6 +215,11 @@ def psf_rgb_figure(psfs: np.ndarray, pitch: float, depths: Sequence[float], wave
         return to_png(fig)
 
 
+def mtf_plot_limit(cutoff_cyc_per_mm: float, nyquist_cyc_per_mm: float) -> float:
+    """Upper end of the MTF plots (cycles/mm): three Nyquist frequencies, kept within 30 % … 102 % of the cutoff."""
+    return min(1.02 * cutoff_cyc_per_mm, max(3.0 * nyquist_cyc_per_mm, 0.3 * cutoff_cyc_per_mm))
+
+
 def mtf_figure(freq_cyc_per_mm: np.ndarray, mtf: np.ndarray, depths: Sequence[float], wavelengths: Sequence[float],
                cutoffs_cyc_per_mm: Sequence[float], sensor_nyquist_cyc_per_mm: float,
                band: tuple[np.ndarray, np.ndarray] | None = None,
@@ -232,7 +237,7 @@ def mtf_figure(freq_cyc_per_mm: np.ndarray, mtf: np.ndarray, depths: Sequence[fl
         fig, axes = plt.subplots(nrow, ncol, figsize=(4.6 * ncol, 3.5 * nrow + 0.9), squeeze=False, layout="constrained")
         cols = line_colors(wavelengths)
         fc_max = float(max(cutoffs_cyc_per_mm))
-        fmax = min(1.02 * fc_max, max(3.0 * sensor_nyquist_cyc_per_mm, 0.3 * fc_max))
+        fmax = mtf_plot_limit(fc_max, sensor_nyquist_cyc_per_mm)
         for i in range(nrow * ncol):
             ax = axes[i // ncol, i % ncol]
             if i >= d:

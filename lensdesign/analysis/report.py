@@ -314,7 +314,8 @@ class ImageQuality:
         if self.ctx.summary is not None:
             s = self.ctx.summary.data
             self.source = "summary.json"
-            self.result = {k: s[k] for k in ("design", "design_quantized", "baselines") if k in s}
+            self.result = {k: s[k] for k in ("design", "design_quantized", "baselines", "baseline_reconstruction")
+                           if k in s}
             for name, e in self.by_name().items():
                 if e.get("gamma") is not None:
                     self.gammas[name] = e["gamma"]
@@ -344,9 +345,18 @@ class ImageQuality:
                 out[k] = v
         return out
 
+    def baseline_reconstruction(self) -> str | None:
+        """How summary.json says the baselines were reconstructed (U-Net runs: with the Wiener filter), if it says."""
+        note = self.ctx.summary.data.get("baseline_reconstruction") if self.ctx.summary is not None else None
+        return note if isinstance(note, str) else None
+
     def rows(self) -> list[ImageQualityRow]:
-        """The page's image-quality table: one row per design with per-depth PSNR / SSIM."""
-        return [ImageQualityRow.from_entry(k, v) for k, v in self.by_name().items()]
+        """The page's image-quality table: one row per design with per-depth PSNR / SSIM; baselines marked
+        "(Wiener)" when summary.json says they were reconstructed with the Wiener filter only."""
+        note = self.baseline_reconstruction() or ""
+        mark = " (Wiener)" if note.startswith("wiener") else ""
+        return [ImageQualityRow.from_entry(k if k.startswith("design") else k + mark, v)
+                for k, v in self.by_name().items()]
 
     def gamma_of(self, name: str) -> Any:
         """The Wiener γ of `name` (tuned on one validation image when neither summary.json nor evaluation gave one)."""
@@ -694,7 +704,8 @@ def _build_report(run_path: Path, settings: ReportSettings, progress: Progress |
     ctx.timings["total"] = time.perf_counter() - t_start
     report.timings_s = {k: round(v, 2) for k, v in ctx.timings.items()}
     page = Page(report=report, spec=ctx.spec, figures=encode_figures(figs), grid=ctx.height.shape,
-                reconstruction=_recon_label(ctx.meta), asymmetry_limit=ASYMMETRY_LIMIT, image_quality=an.iq.rows())
+                reconstruction=_recon_label(ctx.meta), asymmetry_limit=ASYMMETRY_LIMIT, image_quality=an.iq.rows(),
+                baseline_reconstruction=an.iq.baseline_reconstruction())
     data = to_json(report)
     _write(Path(settings.out) if settings.out is not None else ctx.run.path / "report", figs, data, render_page(page))
     return data

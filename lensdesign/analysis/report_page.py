@@ -16,7 +16,7 @@ from typing import Any
 import jinja2
 import numpy as np
 
-from lensdesign.analysis.figures import depth_label, diopters
+from lensdesign.analysis.figures import depth_label, diopters, mtf_plot_limit
 from lensdesign.analysis.report_model import Report
 from lensdesign.spec import Spec
 
@@ -70,6 +70,7 @@ class Page:
     reconstruction: str  # the run's reconstruction in words
     asymmetry_limit: float
     image_quality: list[ImageQualityRow] = field(default_factory=list)
+    baseline_reconstruction: str | None = None  # summary.json's note on how the baselines were reconstructed
     generated: str = field(default_factory=lambda: time.strftime("%Y-%m-%d %H:%M"))
 
     @property
@@ -86,9 +87,9 @@ class Page:
 
     @property
     def mtf_shown_to_cyc_per_mm(self) -> float:
-        """Upper end of the MTF plot (cycles/mm): three Nyquist frequencies, within 30 % … 102 % of the cutoff."""
+        """Upper end of the MTF plot (cycles/mm), as figures.mtf_figure draws it."""
         fc = max(d.cutoff_cyc_per_mm for d in self.report.diffraction_limit)
-        return min(1.02 * fc, max(3 * self.report.sensor_nyquist_cyc_per_mm, 0.3 * fc))
+        return mtf_plot_limit(fc, self.report.sensor_nyquist_cyc_per_mm)
 
     @property
     def through_depth_names(self) -> list[str]:

@@ -215,19 +215,18 @@ def _plateau_rules(plan: ExportPlan, lm: LevelMap, violations: list[str]) -> dic
             "note": "smallest run of one level between two level changes, along rows and columns"}
 
 
-def check_rules(plan: ExportPlan, lm: LevelMap, shapes: ShapeMap, design_levels: np.ndarray | None = None,
+def check_rules(plan: ExportPlan, lm: LevelMap, shapes: ShapeMap, pixels_differing: int | None = None,
                 grey_table: np.ndarray | None = None) -> RulesReport:
     """The design-rule report of a level map and its layout polygons. No I/O.
 
-    `design_levels` is the design's own pixel map quantized (radial designs: compared with the ring raster).
+    `pixels_differing`: pixels where a ring raster differs from the design's own pixel map (radial designs).
     """
     violations: list[str] = []
     warnings: list[str] = []
     rings = None
     if lm.rings is not None:
-        differing = int((design_levels != lm.levels).sum()) if design_levels is not None else None
         rings = {"ring_width_m": lm.rings.ring_width_nm * 1e-9, "rings": lm.rings.rings,
-                 "arc_tolerance_m": plan.arc_tolerance_m, "pixels_differing_from_design_map": differing,
+                 "arc_tolerance_m": plan.arc_tolerance_m, "pixels_differing_from_design_map": pixels_differing,
                  "note": "levels.tiff is the pixel-centre rasterization of the ring polygons written; pixels whose "
                          "centre lies within a few nm of a ring edge may differ from the design's own pixel map"}
     multi = plan.process == "multilevel"

@@ -19,7 +19,7 @@ import numpy as np
 
 from lensdesign.fabrication import gds as gdsmod
 from lensdesign.fabrication.checks import RulesReport, check_rules, misalignment_check
-from lensdesign.fabrication.levelmap import LevelMap, design_pixel_levels, level_map
+from lensdesign.fabrication.levelmap import LevelMap, level_map, pixels_differing_from_design
 from lensdesign.fabrication.plan import ExportOptions, ExportPlan, check_outputs, plan_export
 from lensdesign.fabrication.tiff import grey_levels, read_lut
 from lensdesign.fabrication.writers import ShapeMap, layout_shapes, mask_layout, write_stl_fields, write_tiffs
@@ -97,8 +97,8 @@ def export_run(run: str | Path, opts: ExportOptions) -> ExportResult:
         with _timed(timings, "stl_s"):
             stl_fields = write_stl_fields(plan, lm)
     with _timed(timings, "rules_s"):
-        ref = design_pixel_levels(design, lm, plan) if lm.rings is not None else None
-        report = check_rules(plan, lm, shapes, ref, grey_table)
+        differing = pixels_differing_from_design(design, lm, plan) if lm.rings is not None else None
+        report = check_rules(plan, lm, shapes, differing, grey_table)
         t0 = time.perf_counter()
         report.misalignment = misalignment_check(spec, plan, lm)
         if "per_mask" in report.misalignment:

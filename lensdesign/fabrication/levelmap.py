@@ -29,6 +29,10 @@ class LevelMap:
     ring_levels: np.ndarray | None = None
     note: str | None = None
 
+    def heights(self, level_height_m: float) -> np.ndarray:
+        """Quantized heights (m, float32): level index × level height, computed as `quantize` does."""
+        return (self.levels.astype(np.float64) * level_height_m).astype(np.float32)
+
     def masks(self, count: int) -> list[np.ndarray]:
         """Binary masks of the first `count` bits of the level index (mask j: bit j set)."""
         return [((self.levels >> j) & 1).astype(bool) for j in range(count)]
@@ -43,9 +47,6 @@ def level_map(design: Design, plan: ExportPlan) -> LevelMap:
     """Quantize a design to `plan.levels` over [0, max_height); rings for a radial design."""
     from lensdesign.optics.psf import aperture_mask
 
-    h = np.asarray(design.height_m, dtype=np.float64)
-    if h.ndim != 2 or h.shape[0] != h.shape[1]:
-        raise LensdesignError(f"design height map has shape {h.shape}; export needs a square map, re-create the run")
     n, levels = plan.n, plan.levels
     note = None
     if plan.radial:
@@ -62,12 +63,14 @@ def level_map(design: Design, plan: ExportPlan) -> LevelMap:
             return LevelMap(lv, inside, rl, ring_lv[: rl.rings])
         note = "design.json says radial but radial_profile_m or ring_width_m is missing: exported as pixels"
     inside = aperture_mask(n, plan.pitch_m, plan.aperture_m).numpy().astype(bool)
-    lv = np.asarray(level_index(h, plan.max_height_m, levels), dtype=np.int64)
+    lv = np.asarray(level_index(np.asarray(design.height_m, dtype=np.float64), plan.max_height_m, levels),
+                    dtype=np.int64)
     lv[~inside] = 0
     return LevelMap(lv, inside, note=note)
 
 
-def design_pixel_levels(design: Design, lm: LevelMap, plan: ExportPlan) -> np.ndarray:
-    """The design's own pixel map quantized (level 0 outside the aperture), to compare a ring raster with."""
-    ref = np.asarray(level_index(np.asarray(design.height_m, dtype=np.float64), plan.max_height_m, plan.levels))
-    return np.where(lm.inside, ref, 0)
+def pixels_differing_from_design(design: Design, lm: LevelMap, plan: ExportPlan) -> int:
+    """Pixels whose level differs from the design's own pixel map quantized (`Design.quantized`, level 0 outside
+    the aperture): where a ring raster and the design's pixels disagree."""
+    ref = np.where(lm.inside, design.quantized(plan.levels), np.float32(0))
+    return int((ref != lm.heights(plan.level_height_m)).sum())

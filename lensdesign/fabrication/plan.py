@@ -196,8 +196,7 @@ def plan_export(spec: Spec, design: Design, opts: ExportOptions, run: Path) -> E
     pitch = design.pitch_m
     field_px = _check_geometry(opts, process, pitch, stl)
     n = int(design.height_m.shape[0])
-    meta = design.meta
-    name = str(meta.get("name", spec.name))
+    name = design.name
     out = Path(opts.out) if opts.out is not None else run / "export"
     fields = field_grid(n, field_px) if stl else []
     stl_fields = tuple(
@@ -210,10 +209,10 @@ def plan_export(spec: Spec, design: Design, opts: ExportOptions, run: Path) -> E
         name=name, run=run, out=out, process=process, levels=levels, tone=opts.tone, tiff=tiff, gds=gds, oasis=oas,
         stl=stl, paths=_paths(out, name, tiff, opts.lut is not None, gds, oas), stl_fields=stl_fields,
         rules_path=out / f"{name}.rules.json", force=opts.force, n=n, pitch_m=pitch, max_height_m=max_h,
-        level_height_m=max_h / levels, aperture_m=float(meta.get("aperture_m", spec.optics.aperture)),
-        material=meta.get("material", spec.material_name),
-        design_wavelength_m=meta.get("design_wavelength_m", spec.design_wavelength_m),
-        radial=meta.get("parameterization") == "radial", field_m=field_px * pitch, base_m=opts.base_m, lut=opts.lut,
+        level_height_m=max_h / levels, aperture_m=design.aperture_m or spec.optics.aperture,
+        material=design.material or spec.material_name,
+        design_wavelength_m=design.design_wavelength_m or spec.design_wavelength_m,
+        radial=design.parameterization == "radial", field_m=field_px * pitch, base_m=opts.base_m, lut=opts.lut,
         misalignment_m=mis, min_feature_m=spec.fabrication.min_feature, workers=opts.workers,
         arc_tolerance_m=opts.arc_tolerance_m)
 

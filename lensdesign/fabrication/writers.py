@@ -44,8 +44,7 @@ def write_tiffs(plan: ExportPlan, lm: LevelMap, grey_table: np.ndarray | None) -
     desc = tiff_description(plan)
     lv = lm.levels
     if plan.tiff:
-        heights = lv.astype(np.float64) * plan.level_height_m
-        write_tiff(plan.paths["height"], heights.astype(np.float32), plan.pitch_m,
+        write_tiff(plan.paths["height"], lm.heights(plan.level_height_m), plan.pitch_m,
                    {**desc, "content": "quantized height (m), float32: level index × level_height_m"})
         write_tiff(plan.paths["levels"], lv.astype(level_dtype(plan.levels)), plan.pitch_m,
                    {**desc, "content": "level index (0 … levels-1); height = index × level_height_m"})

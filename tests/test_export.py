@@ -405,6 +405,7 @@ def test_dark_tone_masks_are_the_complements_on_the_pixel_grid(fresnel_export: P
     out = tmp_path / "dark"
     r = cli("export", fresnel_export, "--gds", "--oasis", "--tone", "dark", "--misalignment", "0", "--out", out)
     assert r.returncode == 0, r.stderr
+    assert "dark-field" in r.stdout
     levels, _, _ = read_tiff(fresnel_export / "export" / "tiny.levels.tiff")
     n = levels.shape[0]
     for path in (out / "tiny.gds", out / "tiny.oas"):

@@ -81,6 +81,9 @@ def summary_table(rules: dict) -> Table:
     t.add_row("level step / max height", f"{rules['level_height_m'] * 1e9:.3f} nm / {rules['max_height_m'] * 1e9:.1f} nm")
     t.add_row("min feature (spec)", _um(rules["min_feature_m"]))
     t.add_row("staircase efficiency sinc²(1/N)", f"{rules['staircase_efficiency']:.2%}")
+    if "tone" in rules:
+        t.add_row("mask tone", {"clear": "clear: polygons = material kept (clear-field mask)",
+                                "dark": "dark: polygons = areas etched (dark-field mask)"}[rules["tone"]])
     mis = rules.get("misalignment", {})
     if "all_masks_core_energy_kept" in mis:
         t.add_row(f"misalignment {_um(mis['misalignment_m'], 3)}, all masks",

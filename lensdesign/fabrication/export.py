@@ -85,12 +85,13 @@ def export_run(run: str | Path, opts: ExportOptions) -> ExportResult:
     grey_table = _grey_table(plan)
     with _timed(timings, "quantize_s"):
         lm: LevelMap = level_map(design, plan)
-    with _timed(timings, "tiff_s"):
-        write_tiffs(plan, lm, grey_table)
     shapes: ShapeMap = {}
-    if plan.layered:
+    if plan.layered:  # polygons before any file: building them is the last step that can refuse the design
         with _timed(timings, "polygons_s"):
             shapes = layout_shapes(plan, lm)
+    with _timed(timings, "tiff_s"):
+        write_tiffs(plan, lm, grey_table)
+    if plan.layered:
         _write_layouts(plan, shapes, timings)
     stl_fields = []
     if plan.stl:

@@ -18,6 +18,7 @@ from lensdesign.errors import LensdesignError
 from lensdesign.fabrication.quantize import quantize
 from lensdesign.rundir import CHECKPOINT, DESIGN, META, SUMMARY, RunDir, first_nonfinite
 from tests.conftest import TINY, run_cli, write_spec
+from tests.inproc import run_main
 
 
 @pytest.fixture(scope="module")
@@ -82,14 +83,17 @@ COMMANDS = {
 
 @pytest.mark.parametrize("damage", list(DAMAGE))
 def test_damaged_design_is_refused_by_every_command_with_one_line_and_no_files(fresnel_run, tmp_path, damage):
+    """Every damage through every command: one pair per damage in a real process (each command once over the
+    four damages), the others through the same entry point in-process (no interpreter start-up)."""
     run = tmp_path / "run"
     shutil.copytree(fresnel_run, run)
     _picture(tmp_path / "pic.png")
     corrupt, expect = DAMAGE[damage]
     corrupt(run)
     before = _listing(tmp_path)
-    for name, args in COMMANDS.items():
-        r = run_cli(*args(run, tmp_path))
+    for i, (name, args) in enumerate(COMMANDS.items()):
+        real = i == list(DAMAGE).index(damage)
+        r = (run_cli if real else run_main)(*args(run, tmp_path))
         assert r.returncode == 2, (name, r.stdout, r.stderr)
         lines = r.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: ") and expect in lines[0], (name, r.stderr)
@@ -136,7 +140,7 @@ def test_bad_numbers_in_pictures_depth_maps_summaries_and_checkpoints_are_refuse
     else:
         args, expect = _nan_checkpoint(tmp_path, run), f"{CHECKPOINT}: tensor model.surface.param holds non-finite"
     before = _listing(tmp_path)
-    r = run_cli(*args)
+    r = (run_cli if case == "nan in checkpoint" else run_main)(*args)
     assert r.returncode == 2, (r.stdout, r.stderr)
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and expect in lines[0], r.stderr

@@ -153,7 +153,8 @@ def _formats(opts: ExportOptions, process: str, levels: int) -> tuple[bool, bool
     if not (tiff or gds or oas or stl or opts.lut):
         tiff, gds, stl = True, process != "two_photon", process == "two_photon"
     if (gds or oas) and process != "multilevel" and levels > 256:
-        raise ArgumentError("{levels}: a {process} layout stores the level in the GDS datatype (0-255); use at most "
+        src = "{levels}" if opts.levels is not None else "fabrication.levels"
+        raise ArgumentError(src + ": a {process} layout stores the level in the GDS datatype (0-255); use at most "
                             "256 levels with {gds}/{oasis}, or write {tiff} only", process=process)
     return tiff, gds, oas, stl
 

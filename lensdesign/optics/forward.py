@@ -10,10 +10,14 @@ of height `h` (N, N, metres), `H_w` (M, M) the window-shifted transfer function,
 samples of the padded grid and `bin_b` the sum over b × b blocks (sensor pixels, k = P · b).
 
 Sensor-grid convention: the PSF window is P × P sensor pixels of b × b simulation samples; the optical axis (the
-element's sample N // 2) lies on sample b // 2 of the central pixel P // 2 (its centre when b is odd).
-`window_start` gives the window's first sample on the padded grid relative to the element's first sample, in
-simulation samples; `window_transfer` folds that shift into the transfer function by the shift theorem, so the
-window is the corner of the grid, cropping is a slice and the adjoint is a zero-padded FFT. Energy: `src` carries
+element's sample N // 2) lies at the centre of the central pixel P // 2, whatever the parity of b (and of P:
+pixel P // 2 is the central one of an odd window and the one just past the middle of an even window). The window's
+samples then sit at ±(1/2 … (P·b − 1)/2) samples from the axis for odd P. `window_start` gives the window's first
+sample relative to the element's first sample, in simulation samples: a half-integer when b is even, so the field
+is read half a sample off the element grid. `window_transfer` folds that shift into the transfer function by the
+shift theorem (a unit-modulus phase ramp: for a fractional shift, the band-limited interpolation of the field on
+the periodic grid), so the window is the corner of the grid, cropping is a slice and the adjoint is a zero-padded
+FFT. Energy: `src` carries
 unit power, every transfer function is unitary, so a PSF sums to the power that falls into its window (at most 1).
 
 Contract for any implementation of the PSF stack (the 2-D path here, `OpticalSystem` / `PSFStack`; a 1-D or
@@ -43,9 +47,10 @@ import torch
 def window_start(n: int, psf_size: int, b: int) -> float:
     """First sample of the PSF window relative to the element's first sample (simulation samples, mod M).
 
-    The axis (element sample n // 2) at window sample (P // 2) · b + b // 2.
+    The axis (element sample n // 2) at window coordinate (P // 2) · b + (b − 1) / 2, the centre of pixel P // 2:
+    an integer start for odd b, a half-integer for even b.
     """
-    return n // 2 - (psf_size // 2) * b - b // 2
+    return n // 2 - (psf_size // 2) * b - (b - 1) / 2
 
 
 def window_transfer(h: torch.Tensor, start: float) -> torch.Tensor:

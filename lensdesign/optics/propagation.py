@@ -88,11 +88,6 @@ def transfer_function(kind: str, m: int, dx: float, wavelength: float, z: float)
     raise ValueError(f"unknown propagator {kind!r}; use one of {PROPAGATORS}")
 
 
-def propagate(field: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-    """Propagate a field (…, m, m) with a transfer function (m, m) by one FFT pair (circular)."""
-    return torch.fft.ifft2(torch.fft.fft2(field) * h)
-
-
 @dataclass(frozen=True)
 class PropagatorChoice:
     """Which propagator and why; `ok` False means no propagator is well sampled for the request."""

@@ -128,12 +128,19 @@ def ring_quadrature(width: float, radius: float, phase_rate: Callable[[float], f
 
 @dataclass(frozen=True)
 class PixelIntegration:
-    """Integration of a radial intensity profile over the P × P square sensor pixels: `matrix` (P², K) sparse
-    CSR, m² (pixel value = Σ_k matrix[p, k] · I(ρ_k)), `matrix_t` its transpose for the adjoint."""
+    """Integration of radial intensity profiles over the P × P square sensor pixels, one block per wavelength:
+    `matrix` (W·P², W·K) sparse CSR, block-diagonal, m² (pixel value = Σ_k matrix[p, k] · I(ρ_k)), `matrix_t` its
+    transpose for the adjoint."""
 
     matrix: torch.Tensor
     matrix_t: torch.Tensor
     size: int  # P
+
+    @classmethod
+    def blocks(cls, mats: list[sparse.csr_matrix], size: int) -> PixelIntegration:
+        """The operator of per-wavelength (P², K) matrices (from `pixel_weights`)."""
+        full = sparse.block_diag(mats, format="csr")
+        return cls(_csr(full), _csr(full.T.tocsr()), size)
 
     def to(self, device: torch.device, dtype: torch.dtype) -> PixelIntegration:
         return PixelIntegration(self.matrix.to(device, dtype), self.matrix_t.to(device, dtype), self.size)
@@ -142,7 +149,7 @@ class PixelIntegration:
 def _csr(m: sparse.csr_matrix) -> torch.Tensor:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
-        return torch.sparse_csr_tensor(torch.from_numpy(m.indptr.astype(np.int64)), torch.from_numpy(m.indices.astype(np.int64)),
+        return torch.sparse_csr_tensor(torch.from_numpy(m.indptr.astype(np.int32)), torch.from_numpy(m.indices.astype(np.int32)),
                                        torch.from_numpy(m.data), size=m.shape)
 
 
@@ -153,14 +160,14 @@ def _keys_weights(t: np.ndarray) -> np.ndarray:
                      0.5 * t3 - 0.5 * t2], axis=-1)
 
 
-def pixel_integration(size: int, pitch: float, offset: float, d_rho: float, sub: int,
-                      count: int | None = None) -> tuple[PixelIntegration, int]:
+def pixel_weights(size: int, pitch: float, offset: float, d_rho: float, sub: int,
+                  count: int | None = None) -> tuple[sparse.csr_matrix, int]:
     """Weights that integrate I(ρ), sampled at ρ_k = k·dρ and interpolated by Keys cubic convolution (I even in
     ρ), over each of the P × P sensor pixels (pixel c centred at (c − P//2)·pitch + offset, m), by an s × s
     Gauss–Legendre rule per pixel.
 
-    Returns the integration and the number of radial samples K it reads (ρ_max = (K − 1)·dρ); `count` fixes K
-    (at least what the window needs).
+    Returns the (P², K) matrix (m², P² pixels in row-major order) and the number of radial samples K it reads
+    (ρ_max = (K − 1)·dρ); `count` fixes K (at least what the window needs).
     """
     c = (np.arange(size) - size // 2) * pitch + offset
     iy, ix = np.meshgrid(np.arange(size), np.arange(size), indexing="ij")
@@ -203,11 +210,11 @@ def pixel_integration(size: int, pitch: float, offset: float, d_rho: float, sub:
     full = sparse.csr_matrix((w[pixel_of].ravel(), cols.ravel(), np.arange(size * size + 1) * band),
                              shape=(size * size, count))
     full.eliminate_zeros()
-    return PixelIntegration(_csr(full), _csr(full.T.tocsr()), size), count
+    return full, count
 
 
 class _IntegratePixels(torch.autograd.Function):
-    """x (R, K) → (R, P²) = (matrix @ xᵀ)ᵀ, with the adjoint through the stored transpose."""
+    """x (R, C) → (R, Cp) = (matrix @ xᵀ)ᵀ, with the adjoint through the stored transpose."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, pix: PixelIntegration) -> torch.Tensor:  # type: ignore[override]
@@ -216,14 +223,14 @@ class _IntegratePixels(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
-        return (ctx.pix.matrix_t @ grad.t().contiguous()).t(), None
+        return (ctx.pix.matrix_t @ grad.t()).t(), None
 
 
 def integrate_pixels(intensity: torch.Tensor, pix: PixelIntegration) -> torch.Tensor:
-    """Radial intensity (…, K) (1/m², ∫ I dA = power) → pixel values (…, P, P): power per sensor pixel."""
-    lead = intensity.shape[:-1]
-    flat = _IntegratePixels.apply(intensity.reshape(-1, intensity.shape[-1]).contiguous(), pix)
-    return flat.reshape(*lead, pix.size, pix.size)
+    """Radial intensities (D, W, K) (1/m², ∫ I dA = power) → pixel values (D, W, P, P): power per sensor pixel."""
+    d, w, _ = intensity.shape
+    flat = _IntegratePixels.apply(intensity.reshape(d, -1), pix)
+    return flat.reshape(d, w, pix.size, pix.size)
 
 
 # ---- fields and kernels ----------------------------------------------------------------------------------------
@@ -321,7 +328,7 @@ _FORM_NAMES = {
 
 
 def radial_psf(profile: torch.Tensor, phase_per_m: torch.Tensor, src: torch.Tensor, ring: torch.Tensor,
-               kernel: torch.Tensor, pix: list[PixelIntegration], transfer: torch.Tensor | None = None,
+               kernel: torch.Tensor, pix: PixelIntegration, transfer: torch.Tensor | None = None,
                series: torch.Tensor | None = None) -> torch.Tensor:
     """PSF stack (D, W, P, P) from ring heights `profile` (J,) in metres; differentiable by autograd.
 
@@ -329,8 +336,8 @@ def radial_psf(profile: torch.Tensor, phase_per_m: torch.Tensor, src: torch.Tens
     not depend on the heights (normalized source wave, times the Fresnel chirp / λz for ``fresnel``); `ring`
     (Q,) the ring of each node. ``fresnel``: `kernel` (Q, K) real maps nodes to sensor radii (one matrix for all
     wavelengths, the radii scaling with λ). ``asm``: `kernel` (Q, N) maps nodes to spectral nodes, `transfer`
-    (W, N) complex, `series` (N, K) real maps them to sensor radii. `pix` holds each wavelength's pixel
-    integration of the K radial intensities.
+    (W, N) complex, `series` (N, K) real maps them to sensor radii. `pix` integrates each wavelength's K radial
+    intensities over the sensor pixels.
     """
     phase = phase_per_m[:, None] * profile[None, :]  # (W, J)
     t = torch.complex(torch.cos(phase), torch.sin(phase))[:, ring]  # (W, Q)
@@ -343,9 +350,7 @@ def radial_psf(profile: torch.Tensor, phase_per_m: torch.Tensor, src: torch.Tens
         u = torch.view_as_real(spec_c).permute(0, 1, 3, 2).reshape(d * w * 2, -1) @ series
     u = u.reshape(d, w, 2, -1)
     intensity = u[:, :, 0] ** 2 + u[:, :, 1] ** 2  # (D, W, K), 1/m²
-    if all(p is pix[0] for p in pix):
-        return integrate_pixels(intensity, pix[0])
-    return torch.stack([integrate_pixels(intensity[:, i], pix[i]) for i in range(w)], dim=1)
+    return integrate_pixels(intensity, pix)
 
 
 class RadialSystem:
@@ -379,13 +384,13 @@ class RadialSystem:
         fresnel = self.choice.kind == "fresnel"
         # fresnel: the radii of wavelength λ are k·dρ·λ/λ_min, so that one kernel serves every wavelength
         scales = [lam / lam_min for lam in self.wavelengths] if fresnel else [1.0] * len(self.wavelengths)
-        _, count = pixel_integration(g.psf_size, g.sensor_pitch, offset, self.d_rho, 1)
+        _, count = pixel_weights(g.psf_size, g.sensor_pitch, offset, self.d_rho, 1)
         count += 2 * (math.ceil(g.sensor_pitch / self.d_rho) + 2)  # room for the sub-samples of the outer pixels
-        cache: dict[float, PixelIntegration] = {}
+        cache: dict[float, sparse.csr_matrix] = {}
         for sc in scales:
             if sc not in cache:
-                cache[sc] = pixel_integration(g.psf_size, g.sensor_pitch, offset, self.d_rho * sc, sub, count)[0]
-        self.pix = [cache[sc].to(self.device, dtype) for sc in scales]
+                cache[sc] = pixel_weights(g.psf_size, g.sensor_pitch, offset, self.d_rho * sc, sub, count)[0]
+        self.pix = PixelIntegration.blocks([cache[sc] for sc in scales], g.psf_size).to(self.device, dtype)
         self._scales = scales
         self.rho = np.arange(count) * self.d_rho
         rho_max = float(self.rho[-1])

@@ -6,7 +6,9 @@ error (LensdesignError) is printed as one line on stderr with exit code 2, witho
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import os
 import sys
 
 import typer
@@ -36,8 +38,14 @@ for _name in COMMAND_MODULES:
 
 def main() -> None:
     """Console-script entry point."""
+    guard: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:  # under torchrun: one line on rank 0 names a failed rank
+        from lensdesign.distributed import failure_guard
+
+        guard = failure_guard()
     try:
-        app()
+        with guard:
+            app()
     except LensdesignError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

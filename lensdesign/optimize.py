@@ -6,8 +6,10 @@ at the reference and training depths, 'valid' blur (+ pixel integration for supe
 reconstruction with the mean reference PSF (+ the U-Net for `reconstruction.kind: unet`), MSE against the
 scene, Adam.
 
-Learning rate: `training.learning_rate` is in units of `max_height` per step for height parameters (pixel and
-radial surfaces hold metres; zernike and fourier coefficients are already in units of max_height); log γ uses
+Learning rate: `training.learning_rate` is in waves of phase at the design wavelength per step for the element
+(a diffractive relief: in units of its wrap height max_height, one wave for `auto`; refractive and hybrid: one
+wave = λ/(n − 1)); pixel and radial surfaces hold metres, zernike and fourier coefficients are already in those
+units (`Surface.step_scale`); log γ uses
 `GAMMA_LR` (nats per step), the U-Net weights `UNET_LR`. The element and γ follow a short linear warm-up, then
 a cosine decay to `LR_FLOOR` of the peak.
 
@@ -44,12 +46,14 @@ import numpy as np
 import torch
 
 from lensdesign.baselines import focal_length, fresnel_height
+from lensdesign.distributed import Dist, Local
 from lensdesign.errors import LensdesignError
 from lensdesign.evaluation import Evaluator, summarize
 from lensdesign.heal import Healer, nan_injections
 from lensdesign.imaging.reconstruct import default_pad
 from lensdesign.imaging.scenes import load_images, random_crops
 from lensdesign.imaging.sensor import psnr, sample_read_noise
+from lensdesign.optics.element import base_sag
 from lensdesign.optics.psf import coords
 from lensdesign.optics.surfaces import FourierSurface, Surface, ZernikeSurface
 from lensdesign.rundir import CHECKPOINT, METRICS, SUMMARY, RunDir, atomic_save_tensors, atomic_write_json, design_meta
@@ -108,7 +112,10 @@ def patch_size(spec: Spec) -> int:
 
 
 def initial_height(spec: Spec, n: int) -> torch.Tensor:
-    """Starting height map (N, N) in metres: the Fresnel lens focused at the spec's focus depth."""
+    """Starting height map (N, N) in metres: the Fresnel lens focused at the spec's focus depth (a refractive
+    element: the unwrapped thin-lens sag of the same focal length)."""
+    if spec.optics.element == "refractive":
+        return base_sag(spec, n).to(torch.float32)
     return fresnel_height(spec, n).to(torch.float32)
 
 
@@ -118,9 +125,10 @@ def init_surface(surface: Surface, spec: Spec) -> None:
     pixel / radial: the wrapped lens heights. zernike: the defocus term Z4 = √3(2ρ² − 1) carrying the unwrapped
     thin-lens profile −r²/(2f(n − 1)) (wrapping happens in `height()`). fourier: the low-frequency block of the
     unwrapped profile's spectrum (its periodic extension is smooth enough that the wrapped result matches the
-    Fresnel lens). Coefficients of zernike / fourier are in units of max_height.
+    Fresnel lens). Coefficients of zernike / fourier are in units of `surface.unit`. A refractive zernike sag gets
+    the same defocus term unwrapped (the thin-lens sag); a hybrid starts with a flat relief on its base lens.
     """
-    n, mh = surface.n, spec.max_height_m
+    n, mh = surface.n, surface.unit
     ng = spec.design_index
     f = focal_length(spec)
     with torch.no_grad():
@@ -137,7 +145,7 @@ def init_surface(surface: Surface, spec: Spec) -> None:
             surface.param[0].copy_(block.real.to(surface.param.dtype))
             surface.param[1].copy_(block.imag.to(surface.param.dtype))
         else:
-            surface.init_from_height(initial_height(spec, n).to(surface.param.device))
+            surface.init_from_height(initial_height(spec, n).to(next(surface.parameters()).device))
 
 
 @dataclass
@@ -154,10 +162,12 @@ class StepResult:
 class Trainer:
     """Holds the model, the optimizer and the data of one run; `train_step(k)` runs step k."""
 
-    def __init__(self, spec: Spec, device: torch.device | str = "cpu") -> None:
+    def __init__(self, spec: Spec, device: torch.device | str = "cpu", dist: Dist | None = None) -> None:
         check_supported(spec)
         self.spec = spec
         self.device = torch.device(device)
+        # under torchrun: this rank's share of each step's PSFs and batch items (see lensdesign.distributed)
+        self.shard: Dist | Local = dist if dist is not None else Local()
         self.pipe = Pipeline(spec, self.device)
         self.evaluator = Evaluator(spec, self.device)  # its own pipeline, built at the first validation
         self.model = EndToEnd(spec, self.pipe.optics.grid.n).to(self.device)
@@ -167,7 +177,7 @@ class Trainer:
         self.images = load_images(spec.training.images, spec.wavelengths, self.scene_size).train
         self.pad = default_pad(self.pipe.psf_size)
         t = spec.training
-        height_units = spec.max_height_m if self.model.surface.kind in ("pixel", "radial") else 1.0
+        height_units = self.model.surface.step_scale
         recon = self.model.recon
         self.base_lr = [t.learning_rate * height_units, GAMMA_LR]
         groups = [{"params": list(self.model.surface.parameters()), "lr": self.base_lr[0]},
@@ -208,14 +218,16 @@ class Trainer:
         if progress > self.joint_fraction:
             h = h.detach()
         extra = [z for z in depths if z not in self._ref_index]
-        ref_stack, extra_stack = pipe.psfs(h, extra)
+        ref_stack, extra_stack = self.shard.psfs(pipe, h, extra)
         per_depth = [ref_stack[self._ref_index[z]] if z in self._ref_index else extra_stack[extra.index(z)] for z in depths]
         which = torch.arange(b) % len(depths)
-        psf = torch.stack(per_depth)[which.to(self.device)]
-        y = pipe.sensor(scenes, psf, sigma, gen)
+        lo, hi = self.shard.items(b)
+        scenes = scenes[lo:hi]
+        psf = torch.stack(per_depth)[which[lo:hi].to(self.device)]
+        y = self.shard.sensor(pipe, scenes, psf, sigma, gen, lo, b)
         x = self.model.recon(y, ref_stack.mean(0), self.pad)
         target = pipe.target(scenes)
-        return pipe.task.loss(x, target), x, target, depths
+        return self.shard.batch_loss(pipe.task.loss(x, target), hi - lo, b, ref_stack), x, target, depths
 
     def optics_progress(self, progress: float) -> float:
         """Where the element's schedules (learning rate, quantizer) stand at `progress` of the run: they span the
@@ -236,12 +248,13 @@ class Trainer:
             self._inject_nan[step] -= 1
             loss = loss * float("nan")
         loss.backward()
+        self.shard.reduce_grads([q for g in self.opt.param_groups for q in g["params"]])
         finite = self.grads_finite()
         if finite:
             self.opt.step()
         with torch.no_grad():
-            p = float(psnr(x.detach(), target).mean())
-        return StepResult(step=step, loss=float(loss.detach()), psnr_db=p, lr=self.base_lr[0] * f * self.lr_scale,
+            total, p = self.shard.step_metrics(loss.detach(), psnr(x.detach(), target), self.spec.training.batch_size)
+        return StepResult(step=step, loss=total, psnr_db=p, lr=self.base_lr[0] * f * self.lr_scale,
                           gamma=self.model.recon.gamma.detach().cpu().tolist(),
                           depths_m=[None if math.isinf(z) else z for z in depths], finite=finite)
 
@@ -315,7 +328,9 @@ def spec_digest(spec: Spec) -> str:
 
 
 def save_checkpoint(run: RunDir, trainer: Trainer, step: int) -> None:
-    """Write RUN/checkpoint.safetensors (atomically): the state after `step` steps."""
+    """Write RUN/checkpoint.safetensors (atomically): the state after `step` steps (rank 0 only under torchrun)."""
+    if not trainer.shard.is_rank0:
+        return
     atomic_save_tensors(run / CHECKPOINT, trainer.state_tensors(),
                         metadata={"format": CHECKPOINT_FORMAT, "step": str(step), "spec": spec_digest(trainer.spec)})
 
@@ -329,6 +344,23 @@ def load_checkpoint(run: RunDir, trainer: Trainer) -> int:
                               "run's own spec, or start again with --force")
     trainer.load_state_tensors(tensors)
     return int(meta["step"])
+
+
+def _load_checkpoint_shared(run: RunDir, trainer: Trainer, dist: Dist) -> int:
+    """`load_checkpoint` on rank 0, its state sent to every rank; returns the number of steps done."""
+    msg: tuple[dict[str, torch.Tensor] | None, int, str | None] = (None, 0, None)
+    if dist.is_rank0:
+        try:
+            start = load_checkpoint(run, trainer)
+            msg = (trainer.state_tensors(), start, None)
+        except LensdesignError as e:
+            msg = (None, 0, str(e))
+    tensors, start, err = dist.broadcast(msg)
+    if err is not None:
+        raise LensdesignError(err)
+    if not dist.is_rank0:
+        trainer.load_state_tensors(tensors)
+    return start
 
 
 def _truncate_metrics(path: Path, upto: int, events: int | None = None) -> None:
@@ -400,26 +432,32 @@ ProgressHook = Callable[[StepResult | None, float | None, int], None]
 
 def run_optimization(spec: Spec, out: Path, device: torch.device, *, resume: bool = False, checkpoint_every: int | None = None,
                      progress: ProgressHook | None = None, evaluate: bool = True,
-                     log: Callable[[str], None] = print) -> RunResult:
+                     log: Callable[[str], None] = print, dist: Dist | None = None) -> RunResult:
     """Optimize `spec` into run directory `out` (created; existing files of a previous run are the caller's
     business), checkpointing every `training.checkpoint_minutes` / `checkpoint_every` steps and on SIGTERM /
-    SIGINT; then write the design and, with `evaluate`, summary.json comparing it with the baselines."""
+    SIGINT; then write the design and, with `evaluate`, summary.json comparing it with the baselines.
+
+    Under torchrun (`dist`): every rank trains its share of each step; rank 0 alone writes the run directory,
+    validates and evaluates; a stop (signal, time budget) is agreed by all ranks after each step."""
     t0 = time.monotonic()
     run = RunDir(out)
-    run.path.mkdir(parents=True, exist_ok=True)
-    trainer = Trainer(spec, device)
+    writer = dist is None or dist.is_rank0
+    if writer:
+        run.path.mkdir(parents=True, exist_ok=True)
+    trainer = Trainer(spec, device, dist)
     start = 0
     if resume:
-        start = load_checkpoint(run, trainer)
-        # the rollbacks the checkpoint has seen: each one halved its learning rates
-        _truncate_metrics(run / METRICS, start, events=round(-math.log2(trainer.lr_scale)))
+        start = load_checkpoint(run, trainer) if dist is None else _load_checkpoint_shared(run, trainer, dist)
+        if writer:
+            # the rollbacks the checkpoint has seen: each one halved its learning rates
+            _truncate_metrics(run / METRICS, start, events=round(-math.log2(trainer.lr_scale)))
         log(f"resuming {out} at step {start} of {spec.training.steps}")
-    else:
+    elif writer:
         from lensdesign.rundir import SPEC, atomic_write_text
 
         atomic_write_text(run / SPEC, spec.to_yaml())
         (run / METRICS).unlink(missing_ok=True)
-    tb = _tensorboard(run / "tensorboard")
+    tb = _tensorboard(run / "tensorboard") if writer else None
     steps = spec.training.steps
     val_every = max(1, steps // 8)
     ckpt_seconds = spec.training.checkpoint_minutes * 60
@@ -428,9 +466,11 @@ def run_optimization(spec: Spec, out: Path, device: torch.device, *, resume: boo
     stopped: str | None = None
     step = start
     val: float | None = None
-    healer = Healer(trainer, run, step, True, log)
+    healer = Healer(trainer, run, step, writer, log)
     with _Stop() as stop:
         while step < steps:
+            if dist is not None:
+                dist.step = step
             r = trainer.train_step(step)
             if not (r.finite and math.isfinite(r.loss)):
                 step = healer.rollback(r)  # raises after too many rollbacks in a row
@@ -441,10 +481,11 @@ def run_optimization(spec: Spec, out: Path, device: torch.device, *, resume: boo
             healer.good(step)
             rec: dict[str, Any] = {"step": r.step, "loss": r.loss, "psnr_db": round(r.psnr_db, 4), "lr": r.lr,
                                    "gamma": r.gamma, "depths_m": r.depths_m, "time_s": round(time.monotonic() - t0, 3)}
-            if step % val_every == 0 or step == steps:
+            if (step % val_every == 0 or step == steps) and writer:
                 val = trainer.validate()
                 rec["val_psnr_db"] = round(val, 4)
-            run.append_metrics(rec)
+            if writer:
+                run.append_metrics(rec)
             if tb is not None:
                 tb.add_scalar("loss", r.loss, r.step)
                 tb.add_scalar("psnr_db", r.psnr_db, r.step)
@@ -455,10 +496,13 @@ def run_optimization(spec: Spec, out: Path, device: torch.device, *, resume: boo
                 progress(r, val, step)
             now = time.monotonic()
             due = (checkpoint_every is not None and step % checkpoint_every == 0) or now - last_ckpt >= ckpt_seconds
-            if stop.signal is not None:
+            halt, over = stop.signal is not None, budget is not None and now - t0 >= budget
+            if dist is not None:  # every rank stops after the same step
+                halt, over = dist.any([halt, over])
+            if halt:
                 save_checkpoint(run, trainer, step)
                 raise KeyboardInterrupt
-            if budget is not None and now - t0 >= budget and step < steps:
+            if over and step < steps:
                 stopped = f"training.max_minutes ({spec.training.max_minutes:g}) reached at step {step}"
                 save_checkpoint(run, trainer, step)
                 break
@@ -469,6 +513,8 @@ def run_optimization(spec: Spec, out: Path, device: torch.device, *, resume: boo
             save_checkpoint(run, trainer, step)
     if tb is not None:
         tb.close()
+    if not writer:
+        return RunResult(steps_done=step, stopped=stopped, summary=None, seconds=time.monotonic() - t0)
     summary = finish(spec, run, trainer, step, stopped, evaluate=evaluate, log=log)
     return RunResult(steps_done=step, stopped=stopped, summary=summary, seconds=time.monotonic() - t0)
 

@@ -138,7 +138,12 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Optimize the element and its reconstruction (Wiener filter, optionally a U-Net) end to end; compare with
         the Fresnel lens and a tuned cubic phase plate (task superres: bicubic upsampling) on held-out images
-        (RUN/summary.json)."""
+        (RUN/summary.json). Under torchrun (`torchrun --nproc_per_node K -m lensdesign optimize ...`) the K
+        processes train one design together; rank 0 writes the run directory."""
+        from lensdesign import distributed
+
+        dist = distributed.init() if distributed.launched() else None
+        console.quiet = not distributed.is_rank0()
         s = _resolve_images(load_spec(spec), spec)
         if resume and force:
             raise LensdesignError("--resume and --force: choose one (--force starts the run again, --resume continues it)")
@@ -188,11 +193,16 @@ def register(app: typer.Typer) -> None:
 
         check_supported(s)
         dev = pick_device(s.training.device)
+        if dist is not None:
+            dev = dist.settle_device(dev)
         g = plan_grid(s)
         check_run(s, out, dev)  # images, memory, writable --out: nothing is created for a run that cannot start
+        if dist is not None:
+            dist.barrier()  # every rank has checked the run directory before rank 0 changes it
         # one writer per run directory, held until the command ends
-        ctx.with_resource(run_lock(out, "optimize", log=console.print))
-        if not resume and _is_run(out):
+        if distributed.is_rank0():
+            ctx.with_resource(run_lock(out, "optimize", log=console.print))
+        if not resume and _is_run(out) and distributed.is_rank0():
             _clear_run(out)
         if dev.type == "cpu":
             torch.set_num_threads(threads or 1)
@@ -217,11 +227,16 @@ def register(app: typer.Typer) -> None:
 
             try:
                 result = run_optimization(s, out, dev, resume=resume, checkpoint_every=checkpoint_every, progress=hook,
-                                          evaluate=not no_eval, log=lambda m: bar.console.print(m, soft_wrap=True))
+                                          evaluate=not no_eval, log=lambda m: bar.console.print(m, soft_wrap=True),
+                                          dist=dist)
+                if dist is not None:
+                    dist.close()  # the ranks' collectives are over (rank 0 still writes and evaluates)
             except KeyboardInterrupt:
                 bar.stop()
-                Console(stderr=True).print(f"interrupted: checkpoint saved; continue with 'lensdesign optimize {spec} "
-                                           f"--out {out} --resume'", soft_wrap=True)
+                again = ("the same torchrun command with --resume" if dist is not None
+                         else f"'lensdesign optimize {spec} --out {out} --resume'")
+                Console(stderr=True, quiet=console.quiet).print(f"interrupted: checkpoint saved; continue with {again}",
+                                                                soft_wrap=True)
                 raise
         if result.stopped:
             console.print(f"[yellow]stopped early[/yellow]: {result.stopped}")

@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 RUN ?= runs/edof-demo
 
-.PHONY: venv demo test bench lint clean
+.PHONY: venv demo test bench gpu-check lint clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -29,6 +29,11 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run
+
+# on a CUDA machine: physics on the GPU, paper-scale step time and memory, 1…K GPUs under torchrun (BENCHMARKS.md);
+# elsewhere it prints "no CUDA device" and succeeds
+gpu-check: $(STAMP)
+	$(BIN)/python -m benchmarks.gpu_check
 
 lint: $(STAMP)
 	$(BIN)/ruff check lensdesign tests benchmarks

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-SECTIONS = ["benchmarks.bench_psf", "benchmarks.bench_export"]
+SECTIONS = ["benchmarks.bench_psf", "benchmarks.bench_export", "benchmarks.bench_distributed"]
 
 
 def main() -> None:
@@ -25,6 +25,11 @@ def main() -> None:
     for name in SECTIONS:
         print(f"running {name} …", flush=True)
         parts.append(importlib.import_module(name).run())
+    from benchmarks.gpu_check import section
+
+    gpu = section()  # written by `make gpu-check` on a GPU machine: kept
+    if gpu:
+        parts.append(gpu)
     Path("BENCHMARKS.md").write_text("\n".join(parts))
     print("wrote BENCHMARKS.md")
 

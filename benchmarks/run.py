@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-SECTIONS = ["benchmarks.bench_psf", "benchmarks.bench_export", "benchmarks.bench_distributed"]
+SECTIONS = ["benchmarks.bench_psf", "benchmarks.bench_export", "benchmarks.bench_distributed", "benchmarks.bench_hankel"]
 
 
 def main() -> None:

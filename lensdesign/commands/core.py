@@ -86,6 +86,12 @@ def check_spec(spec: Spec) -> Table:
 
 
 def register(app: typer.Typer) -> None:
+    """Add `check`, `baseline` and `psf` to the app."""
+    for add in (_check, _baseline, _psf):
+        add(app)
+
+
+def _check(app: typer.Typer) -> None:
     @app.command()
     def check(spec: Annotated[Path, typer.Argument(help="spec YAML file")]) -> None:
         """Validate a spec and show how it will be simulated: grid, Fresnel number, propagator and why, memory."""
@@ -93,6 +99,8 @@ def register(app: typer.Typer) -> None:
         console.print(check_spec(s))
         console.print("[green]ok[/green]: the spec is valid and well sampled")
 
+
+def _baseline(app: typer.Typer) -> None:
     @app.command()
     def baseline(
         spec: Annotated[Path, typer.Argument(help="spec YAML file")],
@@ -134,6 +142,8 @@ def register(app: typer.Typer) -> None:
         run.write_design(s, h.float(), meta)
         console.print(f"wrote {kind} baseline ({g.n} × {g.n} at {fmt_len(g.dx)}) to {out}")
 
+
+def _psf(app: typer.Typer) -> None:
     @app.command()
     def psf(
         run: Annotated[Path, typer.Argument(help="run directory")],

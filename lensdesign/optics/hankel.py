@@ -36,6 +36,7 @@ summed into one short band of radial samples. Pixels equivalent under the symmet
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from collections.abc import Callable
@@ -101,6 +102,11 @@ class RingQuadrature:
     ring: np.ndarray
 
 
+@functools.cache
+def _gauss_legendre(q: int) -> tuple[np.ndarray, np.ndarray]:
+    return np.polynomial.legendre.leggauss(q)
+
+
 def ring_quadrature(width: float, radius: float, phase_rate: Callable[[float], float]) -> RingQuadrature:
     """Nodes that integrate a function of r over each ring [j·w, (j+1)·w) ∩ [0, radius] without aliasing.
 
@@ -117,7 +123,7 @@ def ring_quadrature(width: float, radius: float, phase_rate: Callable[[float], f
         turn = phase_rate(hi) * (hi - lo)
         pieces = max(1, math.ceil(turn / GL_TURN[-1]))
         q = next(i + 1 for i, lim in enumerate(GL_TURN) if lim >= turn / pieces)
-        x, wq = np.polynomial.legendre.leggauss(q)
+        x, wq = _gauss_legendre(q)
         h = (hi - lo) / pieces
         r = (lo + h * np.arange(pieces)[:, None] + h * (x[None, :] + 1) / 2).ravel()
         r_all.append(r)

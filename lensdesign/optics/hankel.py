@@ -82,6 +82,15 @@ def render_rings(profile: torch.Tensor, n: int, pitch: float, width: float) -> t
     return profile[torch.clamp(torch.floor(r / width).long(), max=profile.shape[0] - 1)]
 
 
+def profile_from_height(height: torch.Tensor, pitch: float, width: float, rings: int) -> torch.Tensor:
+    """Ring heights (J,) (m) read back from a rendered (n, n) ring map: the sample on the axis row nearest each
+    ring's centre (rings past the grid's edge take the outermost sample); inverse of `render_rings` for ring maps."""
+    n = height.shape[-1]
+    r = (torch.arange(rings, dtype=torch.float64) + 0.5) * width
+    i = torch.clamp(torch.round(r / pitch).long() + n // 2, max=n - 1)
+    return height[n // 2, i.to(height.device)]
+
+
 def lens_profile(spec: Spec, rings: int, width: float, focus_depth: float | None = None) -> torch.Tensor:
     """Ring heights (J,) float64 (m) of the Fresnel lens for the design wavelength focused at `focus_depth` (default
     the spec's): the wrapped paraxial lens phase −k r²/(2f) at each ring's centre."""

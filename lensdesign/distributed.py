@@ -425,7 +425,8 @@ def failure_guard() -> Iterator[None]:
             raise SystemExit(2) from None
         failed, line = found
         if d.is_rank0 or (failed == 0 and d.rank == 1):
-            raise LensdesignError(f"{line}; the run continues from its last checkpoint with --resume") from None
+            hint = "; the run continues from its last checkpoint with --resume" if d.step is not None else ""
+            raise LensdesignError(line + hint) from None
         raise SystemExit(1) from None
 
 

@@ -23,7 +23,7 @@ from tests.test_optimize_resume import _checkpoint_step
 STEPS = 20
 SPEC = {**TINY, "name": "dist", "optics": {**TINY["optics"], "parameterization": "radial"},
         "training": {"steps": STEPS, "batch_size": 2, "patch_size": 32, "images": "builtin", "seed": 0, "device": "cpu",
-                     "validation_images": 2}}
+                     "validation_images": 1}}
 
 
 def torchrun(*args: object) -> list[str]:

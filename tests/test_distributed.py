@@ -170,3 +170,11 @@ def test_a_killed_rank_ends_the_job_with_one_line_naming_it(spec: Path, tmp_path
     lines = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and "rank 1 of 2" in lines[0], err[-3000:]
     assert not (out / "design.safetensors").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on a CUDA machine gpu-check runs the GPU checks")
+def test_gpu_check_without_cuda_says_so_and_succeeds() -> None:
+    r = subprocess.run([sys.executable, "-m", "benchmarks.gpu_check"], capture_output=True, text=True, timeout=120,
+                       cwd=Path(__file__).resolve().parents[1])
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("no CUDA device") and len(r.stdout.splitlines()) == 1

@@ -30,6 +30,7 @@ COMMAND_MODULES = [
     "lensdesign.commands.simulate",
     "lensdesign.commands.export",
     "lensdesign.commands.report",
+    "lensdesign.commands.camera",
 ]
 
 for _name in COMMAND_MODULES:

@@ -49,7 +49,7 @@ TIMEOUT_ENV = "LENSDESIGN_COLLECTIVE_TIMEOUT_S"
 DEFAULT_TIMEOUT_S = 600.0
 HEARTBEAT_S = 0.2  # how often each rank bumps its heartbeat counter in the store
 DIAGNOSE_S = 2.0  # how long a rank whose collective failed watches the store before naming the failed rank
-_PREFIX = "lensdesign/"
+_PREFIX = "lensdesign/{}/"  # keys in torchrun's store, per restart of the job (TORCHELASTIC_RESTART_COUNT)
 
 _current: Dist | None = None
 
@@ -124,6 +124,10 @@ class Dist:
     @property
     def is_rank0(self) -> bool:
         return self.rank == 0
+
+    @property
+    def _prefix(self) -> str:
+        return _PREFIX.format(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
 
     # ---- collectives (every call must be made by every rank, in the same order) ------------------------------
     @contextlib.contextmanager
@@ -253,7 +257,7 @@ class Dist:
         except Exception:  # no store to talk to: failures are still fatal, only unnamed
             self._store = self._beat_store = None
             return
-        key = f"{_PREFIX}beat/{self.rank}"
+        key = f"{self._prefix}beat/{self.rank}"
 
         def beat() -> None:
             while not self._stop_beat.wait(HEARTBEAT_S):
@@ -271,13 +275,13 @@ class Dist:
         """Record why this rank is about to fail, for the rank that reports it."""
         with contextlib.suppress(Exception):
             if self._store is not None:
-                self._store.set(f"{_PREFIX}failed/{self.rank}", message)
+                self._store.set(f"{self._prefix}failed/{self.rank}", message)
 
     def _beats(self) -> dict[int, int]:
         out = {}
         for r in range(self.world):
             with contextlib.suppress(Exception):
-                out[r] = int(self._store.add(f"{_PREFIX}beat/{r}", 0))
+                out[r] = int(self._store.add(f"{self._prefix}beat/{r}", 0))
         return out
 
     def diagnose(self) -> tuple[int, str] | None:
@@ -289,7 +293,7 @@ class Dist:
         deadline = time.monotonic() + DIAGNOSE_S
         while True:
             for r in range(self.world):
-                key = f"{_PREFIX}failed/{r}"
+                key = f"{self._prefix}failed/{r}"
                 with contextlib.suppress(Exception):
                     if r != self.rank and self._store.check([key]):
                         why = self._store.get(key).decode(errors="replace")

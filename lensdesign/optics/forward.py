@@ -11,14 +11,15 @@ samples of the padded grid and `bin_b` the sum over b × b blocks (sensor pixels
 
 Sensor-grid convention: the PSF window is P × P sensor pixels of b × b simulation samples; the optical axis (the
 element's sample N // 2) lies at the centre of the central pixel P // 2, whatever the parity of b (and of P:
-pixel P // 2 is the central one of an odd window and the one just past the middle of an even window). The window's
-samples then sit at ±(1/2 … (P·b − 1)/2) samples from the axis for odd P. `window_start` gives the window's first
-sample relative to the element's first sample, in simulation samples: a half-integer when b is even, so the field
-is read half a sample off the element grid. `window_transfer` folds that shift into the transfer function by the
-shift theorem (a unit-modulus phase ramp: for a fractional shift, the band-limited interpolation of the field on
-the periodic grid), so the window is the corner of the grid, cropping is a slice and the adjoint is a zero-padded
-FFT. Energy: `src` carries
-unit power, every transfer function is unitary, so a PSF sums to the power that falls into its window (at most 1).
+pixel P // 2 is the central one of an odd window and the one just past the middle of an even window). For odd P
+the window's samples then lie symmetrically about the axis, from −(P·b − 1)/2 to +(P·b − 1)/2 samples.
+`window_start` gives the window's first sample relative to the element's first sample, in simulation samples: a
+half-integer when b is even, so the field is read half a sample off the element grid. `window_transfer` folds that
+shift into the transfer function by the shift theorem (a unit-modulus phase ramp: for a fractional shift, the
+band-limited interpolation of the field on the periodic grid), so the window is the corner of the grid, cropping is
+a slice and the adjoint is a zero-padded FFT. The analysis path (`FieldAnalyzer`) uses the same two functions with
+the whole padded field as its window (P = M, b = 1: the axis at index M // 2). Energy: `src` carries unit power,
+every transfer function is unitary, so a PSF sums to the power that falls into its window (at most 1).
 
 Contract for any implementation of the PSF stack (the 2-D path here, `OpticalSystem` / `PSFStack`; a 1-D or
 sharded path must honour the same):

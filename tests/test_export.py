@@ -336,15 +336,36 @@ def test_cubic_baseline_exports_and_refuses_to_overwrite(tmp_path: Path, tiny_sp
     (["--levels", "12"], "--levels"),
     (["--stl", "--field", "500 parsecs"], "--field"),
     (["--process", "laser"], "--process"),
-    (["--tone", "negative"], "--tone"),
-    (["--gds", "--process", "grayscale", "--levels", "8", "--tone", "dark"], "--tone"),
-    (["--tiff", "--lut", "no-such-dose-curve.csv"], "--lut"),
 ])
 def test_user_errors_are_one_line_exit_2(fresnel_export: Path, tmp_path: Path, cli, args: list[str], word: str) -> None:
     r = cli("export", fresnel_export, "--out", tmp_path / "x", *args)
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and word in lines[0] and "Traceback" not in r.stderr
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize(("args", "kwargs", "argument"), [
+    (["--tone", "negative"], {"tone": "negative"}, "tone"),
+    (["--gds", "--process", "grayscale", "--levels", "8", "--tone", "dark"],
+     {"gds": True, "process": "grayscale", "levels": 8, "tone": "dark"}, "tone"),
+    (["--tiff", "--lut", "no-such-dose-curve.csv"], {"tiff": True, "lut": Path("no-such-dose-curve.csv")}, "lut"),
+    (["--stl", "--field", "1um"], {"stl": True, "field_m": 1e-6}, "field_m"),
+])
+def test_library_errors_name_arguments_and_the_command_its_flags(fresnel_export: Path, tmp_path: Path,
+                                                                  args: list[str], kwargs: dict, argument: str) -> None:
+    from lensdesign.commands.export import FLAGS
+    from lensdesign.errors import ArgumentError
+    from lensdesign.fabrication.export import ExportOptions, export_run
+    from tests.inproc import run_main
+
+    with pytest.raises(ArgumentError) as e:  # the library names the ExportOptions argument ...
+        export_run(fresnel_export, ExportOptions(out=tmp_path / "x", **kwargs))
+    assert str(e.value).startswith(f"{argument}: ") and "--" not in str(e.value)
+    r = run_main("export", fresnel_export, "--out", tmp_path / "x", *args)  # ... the command its flag
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {FLAGS[argument]}: ") and FLAGS[argument] in args
     assert not (tmp_path / "x").exists()
 
 

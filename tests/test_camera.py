@@ -235,3 +235,81 @@ def test_tiled_unet_has_no_seams() -> None:
     assert np.abs(blended - whole).max() < 0.15 * np.abs(whole).max()
     assert jumps(hard - whole).max() > 1.0 * scale  # the measure sees hard seams …
     assert jumps(blended - whole).max() < 0.15 * scale  # … and none after blending
+
+
+def _bad_capture(kind: str, tmp: Path, good: Path) -> tuple[list[str], str]:
+    """Arguments for `calibrate` (after RUN) with one bad input, and the words the error must contain."""
+    rng = np.random.default_rng(5)
+    frame = tifffile.imread(good)
+    if kind == "no point source":
+        noise = to_12bit(0.04 + 0.0005 * rng.standard_normal(frame.shape))
+        return ["--psf", str(write_tiff(tmp / "dark.tif", noise))], "no point source"
+    if kind == "saturated":
+        return ["--psf", str(write_tiff(tmp / "sat.tif", np.clip(frame.astype(np.int64) * 3, 0, FULL).astype(np.uint16)))], \
+            "saturated"
+    if kind == "channels":
+        return ["--psf", str(write_tiff(tmp / "grey.tif", frame[..., 1]))], "3 wavelengths"
+    if kind == "bit depth":
+        dark = write_tiff(tmp / "dark8.tif", np.full(frame.shape, 10, dtype=np.uint8))
+        return ["--psf", str(good), "--dark", str(dark)], "bit"
+    if kind == "bit depth range":
+        return ["--psf", str(good), "--bit-depth", "10"], "--bit-depth"
+    if kind == "small":
+        return ["--psf", str(write_tiff(tmp / "small.tif", frame[20:50, 20:50]))], "smaller than"
+    if kind == "missing":
+        return ["--psf", str(tmp / "nowhere.tif")], "no such capture file"
+    bad = frame.astype(np.float32) / FULL
+    bad[3, 4, 0] = np.nan
+    return ["--psf", str(write_tiff(tmp / "nan.tif", bad))], "non-finite"
+
+
+@pytest.mark.parametrize("kind", ["no point source", "saturated", "channels", "bit depth", "bit depth range", "small",
+                                  "missing", "non-finite"])
+def test_bad_captures_exit_2_with_one_line(calibrated: dict, kind: str, tmp_path: Path) -> None:
+    args, words = _bad_capture(kind, tmp_path, calibrated["files"][0])
+    out = tmp_path / "cal"
+    bits = [] if kind == "bit depth range" else ["--bit-depth", BITS]
+    r = run_cli("calibrate", calibrated["run"], *args, "--depths", "0.2 m", *bits, "--out", out)
+    assert r.returncode == 2, (kind, r.stdout, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and words in lines[0], r.stderr
+    assert not (out / "psf.npz").exists()
+
+
+@pytest.mark.parametrize("kind", ["small", "non-finite"])
+def test_reconstruct_refuses_bad_captures(calibrated: dict, kind: str, tmp_path: Path) -> None:
+    args, words = _bad_capture(kind, tmp_path, calibrated["files"][0])
+    out = tmp_path / "rec"
+    r = run_cli("reconstruct", calibrated["run"], args[1], "--out", out, "--bit-depth", BITS)
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and words in lines[0], r.stderr
+    assert not out.exists() or not any(out.iterdir())
+
+
+@pytest.mark.parametrize("pattern", ["rggb", "bggr", "grbg", "gbrg"])
+def test_bayer_planes_and_photosite_offsets(pattern: str) -> None:
+    """A raw mosaic of a linear ramp split at half resolution: each plane reads the ramp at its photosites, which
+    sit at the documented offsets from the quad centre (R and B a quarter quad off diagonally, the mean of the
+    two greens centred); channels follow the wavelengths' sRGB bands."""
+    from lensdesign.camera.captures import bayer_planes, channel_offsets, to_channels
+
+    h, w = 6, 8
+    ramp = lambda y, x: 100.0 + 3.0 * y + 5.0 * x  # noqa: E731
+    yy, xx = np.mgrid[0:h, 0:w]
+    raw = ramp(yy, xx).astype(np.uint16)
+    planes = bayer_planes(raw, pattern)
+    assert planes.shape == (h // 2, w // 2, 3)
+    qy, qx = np.mgrid[0:h // 2, 0:w // 2]
+    centre_y, centre_x = 2 * qy + 0.5, 2 * qx + 0.5  # quad centres in photosites
+    offsets = channel_offsets(WAVELENGTHS, pattern)  # B, G, R channels for 460, 550, 640 nm
+    for band, c in (("r", 2), ("g", 1), ("b", 0)):
+        expected = ramp(centre_y + 2 * offsets[c, 0], centre_x + 2 * offsets[c, 1])
+        np.testing.assert_allclose(planes[..., "rgb".index(band)], expected, atol=1e-9)
+        i = pattern.index(band)
+        if band != "g":
+            assert tuple(offsets[c]) == ((i // 2 - 0.5) / 2, (i % 2 - 0.5) / 2)
+    np.testing.assert_allclose(offsets[1], 0.0)
+    ch = to_channels(raw, WAVELENGTHS, pattern, 65535.0)
+    np.testing.assert_allclose(ch[2] * 65535, planes[..., 0])
+    np.testing.assert_allclose(ch[0] * 65535, planes[..., 2])

@@ -178,6 +178,11 @@ def run(with_accuracy: bool = False, threads: int = 1) -> str:
         torch.set_num_threads(before)
 
 
+def _threads() -> str:
+    n = torch.get_num_threads()
+    return f"{n} thread" + ("s" if n > 1 else "")
+
+
 def _section(with_accuracy: bool) -> str:
     r = timings()
     step = step_breakdown()
@@ -186,7 +191,7 @@ def _section(with_accuracy: bool) -> str:
         "## 1-D (Hankel) path at the paper's geometry",
         "",
         f"specs/sitzmann2018-edof.yaml as a ring design (5 mm, 35.5 mm, 2 um rings, 3 wavelengths × 5 depths, 201² "
-        f"window of 6 um pixels), torch {torch.__version__}, {torch.get_num_threads()} threads, CPU. 1-D: "
+        f"window of 6 um pixels), torch {torch.__version__}, {_threads()}, CPU. 1-D: "
         f"{int(r['nodes'])} quadrature nodes × {int(r['radii'])} sensor radii, best of 7; 2-D: N = {int(r['n'])}, "
         f"M = {int(r['m'])}, one pass.",
         "",

@@ -272,7 +272,7 @@ def psf_measures(psf: np.ndarray, pitch: float) -> dict[str, float]:
     p = np.asarray(psf, dtype=np.float64)
     return {"peak_fraction": round(float(p.max() / p.sum()), 5),
             "fwhm_um": round(fwhm(p, pitch) * 1e6, 3),
-            "ee80_radius_um": round(ee_radius(np.clip(p, 0, None), pitch, 0.8) * 1e6, 3)}
+            "ee80_radius_um": round(ee_radius(p, pitch, 0.8) * 1e6, 3)}
 
 
 def relative_l2(a: np.ndarray, b: np.ndarray) -> float:

@@ -61,8 +61,8 @@ def rel_l2(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def focused() -> tuple[RadialSystem, torch.Tensor]:
-    """An in-focus lens of narrow rings (0.5 um: at most 0.07 rad of phase step per ring) seen on 2 um pixels."""
-    spec = radial_spec(pitch=0.5e-6, pixel=2e-6, psf_size=601, min_feature=0.5e-6, padding=4.0)
+    """An in-focus lens of narrow rings (0.25 um: at most 0.07 rad of phase step per ring) seen on 2 um pixels."""
+    spec = radial_spec(pitch=0.25e-6, pixel=2e-6, psf_size=601, min_feature=0.25e-6, padding=4.0)
     system = RadialSystem(spec)
     return system, lens_profile(spec, system.rings, system.ring_width, math.inf).float()
 

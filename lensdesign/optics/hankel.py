@@ -2,9 +2,10 @@
 
 For an element made of rings (heights constant on annuli [j·w, (j+1)·w), w the ring width) lit by on-axis point
 sources through a circular aperture of radius a, the field stays rotationally symmetric and the 2-D diffraction
-integral collapses to a 1-D integral over the radius. This module computes the same PSF contract as the 2-D path
-(`optics/psf.py`): intensity integrated over square sensor pixels on the same window and centring, input power
-normalized to 1 per (depth, wavelength), light that leaves the window lost.
+integral collapses to a 1-D integral over the radius. This module implements the PSF contract of the 2-D path
+(`optics/forward.py`): (D, W, P, P) float32 on the `plan_grid` window with the axis at the centre of pixel
+(P // 2, P // 2), intensity integrated over each square sensor pixel, input power normalized to 1 per (depth,
+wavelength), light that leaves the window lost (no periodic wrap), differentiable with respect to the heights.
 
 Element field (r in metres, r ≤ a), normalized so that ∫|U|² dA = 1:
 
@@ -22,16 +23,17 @@ Two propagators to the sensor at distance z:
 
 The ring integrals are not point-sampled: each ring is integrated by Gauss–Legendre with as many nodes as the
 turn of the integrand's phase over it (source wave + propagation chirp + Bessel kernel) needs for an error below
-1e-3 of the ring's weight (`GL_TURN`). The element phase is constant
-on a ring, so the ring heights enter as one complex factor per ring. Everything that does not depend on the
-heights — quadrature nodes, source waves, kernel matrices, the radius → sensor-pixel integration weights — is
-precomputed once in `RadialSystem`; a PSF stack is then one (2D × Q) @ (Q × K) real matrix product per
-wavelength (or two for ``asm``), a gather over the pixel weights, and plain autograd for the gradient.
+1e-3 of the ring's weight (`GL_TURN`). The element phase is constant on a ring, so the ring heights enter as one
+complex factor per ring. Everything that does not depend on the heights — quadrature nodes, source waves, kernel
+matrices, the radius → sensor-pixel integration weights — is precomputed once in `RadialSystem`; a PSF stack is
+then one real (2·D·W × Q) @ (Q × K) matrix product for all PSFs (``fresnel``: the radii of wavelength λ are
+scaled by λ/λ_min so that one kernel serves every wavelength; ``asm``: two products), one sparse product for the
+pixel integration, and plain autograd for the gradient (the sparse product with its stored transpose).
 
-Pixel integration: the intensity is sampled on a radial grid of step dρ (a fraction of λ_min z / D, the period
-of the finest intensity fringe), interpolated linearly in ρ, and integrated over each square sensor pixel by an
-s × s midpoint rule with s chosen from the same fringe period; the weights of all sub-samples of a pixel are
-summed into one short band of radial samples. Pixels equivalent under the symmetries of the window share a row.
+Pixel integration: the intensity is sampled on a radial grid of step dρ = λ_min z / (8 D) (an eighth of the
+finest intensity fringe), interpolated by Keys cubic convolution in ρ, and integrated over each square sensor
+pixel by an s × s Gauss–Legendre rule with s from the same fringe period; the weights of a pixel's sub-samples are
+summed into one sparse row per pixel (W·P² × W·K, block-diagonal over wavelengths).
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ FORMS = ("fresnel", "asm")
 # Largest phase turn (rad) over an interval that q-point Gauss–Legendre integrates exp(iφ) on to 1e-3 (q = 1 … 10)
 GL_TURN = (0.15, 1.44, 3.61, 6.22, 9.1, 12.15, 15.32, 18.58, 21.91, 25.3)
 RADIAL_SAMPLES = 8  # radial intensity samples per λ_min z / D (the period of the finest intensity fringe)
-PIXEL_SAMPLES = 4  # midpoint sub-samples per λ_min z / D across a sensor pixel (per axis)
+PIXEL_SAMPLES = 4  # Gauss–Legendre sub-samples per λ_min z / D across a sensor pixel (per axis), plus one
 ASM_MARGIN = 1.1  # band limit and domain margin of the angular-spectrum form
 
 

@@ -219,16 +219,16 @@ def test_tiled_unet_has_no_seams() -> None:
     net = UNet(3, 3, channels=4, depth=2, seed=1)
     with torch.no_grad():
         torch.nn.init.normal_(net.out.weight, std=0.2, generator=torch.Generator().manual_seed(2))
-    x = torch.as_tensor(srgb_scene(360, 3)[None, :, :200, :], dtype=torch.float32)
-    starts = tile_starts(360, 64, 32, 4)
-    assert starts[0] == 0 and starts[-1] == 360 - 64 and all(s % 4 == 0 for s in starts)
+    x = torch.as_tensor(srgb_scene(232, 3)[None, :, :136, :], dtype=torch.float32)
+    starts = tile_starts(232, 64, 32, 4)
+    assert starts[0] == 0 and starts[-1] == 232 - 64 and all(s % 4 == 0 for s in starts)
     assert all(0 < b - a <= 64 - 32 for a, b in itertools.pairwise(starts))  # overlaps of ≥ 32 pixels
     with torch.no_grad():
         whole = net(x)[0].mean(0).numpy()
         blended = tiled(net, x, tile=64, overlap=32, align=4)[0].mean(0).numpy()
         hard = np.zeros_like(whole)
-        for y0 in range(0, 200, 64):
-            for x0 in range(0, 360, 64):
+        for y0 in range(0, 136, 64):
+            for x0 in range(0, 232, 64):
                 hard[y0:y0 + 64, x0:x0 + 64] = net(x[..., y0:y0 + 64, x0:x0 + 64])[0].mean(0).numpy()
     jumps = lambda d: np.abs(np.diff(d, axis=1)).mean(0)  # noqa: E731
     scale = float(np.median(jumps(whole)))
@@ -263,13 +263,21 @@ def _bad_capture(kind: str, tmp: Path, good: Path) -> tuple[list[str], str]:
     return ["--psf", str(write_tiff(tmp / "nan.tif", bad))], "non-finite"
 
 
-@pytest.mark.parametrize("kind", ["no point source", "saturated", "channels", "bit depth", "bit depth range", "small",
-                                  "missing", "non-finite"])
+BAD = ["no point source", "saturated", "channels", "bit depth", "bit depth range", "small", "missing", "non-finite"]
+
+
+@pytest.mark.parametrize("kind", BAD)
 def test_bad_captures_exit_2_with_one_line(calibrated: dict, kind: str, tmp_path: Path) -> None:
+    """Each bad capture: exit code 2, one line naming the problem, no psf.npz. The command line runs in-process
+    (`tests.inproc`: the user's entry point, its error handling and exit codes) except for the saturated PSF,
+    which runs in a subprocess like every other test here."""
+    from tests.inproc import run_main
+
     args, words = _bad_capture(kind, tmp_path, calibrated["files"][0])
     out = tmp_path / "cal"
     bits = [] if kind == "bit depth range" else ["--bit-depth", BITS]
-    r = run_cli("calibrate", calibrated["run"], *args, "--depths", "0.2 m", *bits, "--out", out)
+    run = run_cli if kind == "saturated" else run_main
+    r = run("calibrate", calibrated["run"], *args, "--depths", "0.2 m", *bits, "--out", out)
     assert r.returncode == 2, (kind, r.stdout, r.stderr)
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and words in lines[0], r.stderr
@@ -278,9 +286,11 @@ def test_bad_captures_exit_2_with_one_line(calibrated: dict, kind: str, tmp_path
 
 @pytest.mark.parametrize("kind", ["small", "non-finite"])
 def test_reconstruct_refuses_bad_captures(calibrated: dict, kind: str, tmp_path: Path) -> None:
+    from tests.inproc import run_main
+
     args, words = _bad_capture(kind, tmp_path, calibrated["files"][0])
     out = tmp_path / "rec"
-    r = run_cli("reconstruct", calibrated["run"], args[1], "--out", out, "--bit-depth", BITS)
+    r = run_main("reconstruct", calibrated["run"], args[1], "--out", out, "--bit-depth", BITS)
     assert r.returncode == 2, r.stderr
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and words in lines[0], r.stderr

@@ -323,3 +323,46 @@ def test_bayer_planes_and_photosite_offsets(pattern: str) -> None:
     ch = to_channels(raw, WAVELENGTHS, pattern, 65535.0)
     np.testing.assert_allclose(ch[2] * 65535, planes[..., 0])
     np.testing.assert_allclose(ch[0] * 65535, planes[..., 2])
+
+
+def test_reconstruct_with_a_unet_run_on_tiles(calibrated: dict, tmp_path: Path) -> None:
+    """A run with a U-Net (random, non-zero output layer) on a 640 × 576 frame, larger than one 512-pixel tile:
+    the written reconstruction is the Wiener filter with the learned γ plus the U-Net applied to the whole frame,
+    up to the 16-bit output and the blending of the tiles."""
+    import json
+    import shutil
+
+    from scipy import ndimage
+
+    from lensdesign.camera.captures import to_channels
+    from lensdesign.camera.reconstruct import reconstruct_image, reference_psf
+    from lensdesign.imaging.reconstruct import UNetReconstruction
+    from lensdesign.rundir import RunDir
+    from tests.inproc import run_main
+
+    run = tmp_path / "unet-run"
+    shutil.copytree(calibrated["run"], run)
+    rd = RunDir(run)
+    spec = rd.load_spec()
+    design = rd.load_design(spec)
+    rec = UNetReconstruction(3, 0.01, 1, unet_channels=4, unet_depth=2, seed=3)
+    with torch.no_grad():
+        torch.nn.init.normal_(rec.unet.out.weight, std=0.05, generator=torch.Generator().manual_seed(4))
+    meta = {**design.meta, "reconstruction_arch": rec.architecture(), "reconstruction": "unet"}
+    rd.write_design(spec, design.height_m, meta, tensors=rec.tensors())
+    rng = np.random.default_rng(9)
+    img = np.clip(0.5 + 4 * ndimage.gaussian_filter(rng.standard_normal((3, 640, 576)), (0, 3, 3)), 0, 1)
+    capture = write_tiff(tmp_path / "big.tif", to_12bit(to_rgb(img)))
+    r = run_main("reconstruct", run, capture, "--out", tmp_path / "out", "--bit-depth", BITS)
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "out" / "reconstruct.json").read_text())["reconstruction"] == "unet"
+    got = tifffile.imread(tmp_path / "out" / "big.tiff").astype(np.float64) / 65535
+    y = to_channels(tifffile.imread(capture), WAVELENGTHS, None, float(FULL))
+    ref, _ = reference_psf(spec, rd.load_design(spec), None)
+    wiener = reconstruct_image(y, ref, 0.01)
+    with torch.no_grad():
+        w = torch.as_tensor(wiener, dtype=torch.float32)[None]
+        whole = (w + rec.unet(w))[0].numpy()
+    expected = np.clip(to_rgb(whole), 0, 1)
+    assert np.abs(to_rgb(whole) - to_rgb(wiener)).max() > 0.05  # the network does change the image
+    assert np.abs(got - expected).max() < 0.002, np.abs(got - expected).max()

@@ -366,3 +366,24 @@ def test_reconstruct_with_a_unet_run_on_tiles(calibrated: dict, tmp_path: Path) 
     expected = np.clip(to_rgb(whole), 0, 1)
     assert np.abs(to_rgb(whole) - to_rgb(wiener)).max() > 0.05  # the network does change the image
     assert np.abs(got - expected).max() < 0.002, np.abs(got - expected).max()
+
+
+def test_dark_frame_removes_fixed_pattern_and_hot_pixels() -> None:
+    """With a dark frame, a fixed pattern (a gradient) and hot pixels present in both frames cancel: the cleaned
+    capture is the point source within the noise and no pixel is taken for hot; the border estimate of the
+    background is then ≈ 0 and the noise σ ≈ √2 × the read noise."""
+    from lensdesign.camera.calibrate import clean_capture
+
+    rng = np.random.default_rng(1)
+    yy, xx = np.mgrid[0:64, 0:64]
+    blob = 0.5 * np.exp(-((yy - 30.3) ** 2 + (xx - 33.6) ** 2) / 4.0)
+    pattern = 0.02 + 0.0002 * xx + 0.0001 * yy
+    pattern[5, 50] = pattern[44, 9] = 0.8
+    dark = pattern[None] + 0.001 * rng.standard_normal((1, 64, 64))
+    capture = (pattern + blob)[None] + 0.001 * rng.standard_normal((1, 64, 64))
+    cl = clean_capture(capture, dark, np.zeros((64, 64), dtype=bool), "capture")
+    assert cl.hot_pixels == 0
+    assert abs(cl.background[0]) < 3e-4 and cl.sigma[0] == pytest.approx(0.001 * math.sqrt(2), rel=0.15)
+    assert np.abs(cl.image[0] - blob).max() < 6 * 0.001 * math.sqrt(2)
+    no_dark = clean_capture(capture, None, np.zeros((64, 64), dtype=bool), "capture")
+    assert no_dark.hot_pixels == 2 and no_dark.image[0, 5, 50] < 0.05

@@ -387,3 +387,15 @@ def test_dark_frame_removes_fixed_pattern_and_hot_pixels() -> None:
     assert np.abs(cl.image[0] - blob).max() < 6 * 0.001 * math.sqrt(2)
     no_dark = clean_capture(capture, None, np.zeros((64, 64), dtype=bool), "capture")
     assert no_dark.hot_pixels == 2 and no_dark.image[0, 5, 50] < 0.05
+
+
+@pytest.mark.parametrize(("gamma", "bayer"), [("-1", None), ("0.1,0.2", None), ("abc", None), (None, "rgbg")])
+def test_reconstruct_refuses_bad_options(calibrated: dict, tmp_path: Path, gamma: str | None, bayer: str | None) -> None:
+    from tests.inproc import run_main
+
+    opts = ["--gamma", gamma] if gamma else ["--bayer", bayer]
+    r = run_main("reconstruct", calibrated["run"], calibrated["files"][0], "--out", tmp_path / "rec", *opts)
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and opts[0] in lines[0], r.stderr
+    assert not (tmp_path / "rec").exists()

@@ -205,6 +205,22 @@ def _stem(name: str) -> str:
     return f"{stem}-{page.rstrip(']')}" if page else stem
 
 
+def _gamma(spec: Any, design: Any, recon: Any, gamma: list[float] | None) -> tuple[Any, str]:
+    """(γ, where it came from): `gamma` if given (also set as the U-Net run's γ), else the U-Net run's learned γ,
+    else `lensdesign.simulate.run_gamma` (learned, design.json, or tuned on the validation set)."""
+    from lensdesign.simulate import run_gamma
+
+    if gamma is not None:
+        g: Any = gamma[0] if len(gamma) == 1 else list(gamma)
+        if recon is not None:
+            with torch.no_grad():
+                recon.log_gamma.copy_(torch.as_tensor(g, dtype=torch.float32).log().expand_as(recon.log_gamma))
+        return g, "--gamma"
+    if recon is not None:
+        return recon.gamma.detach().tolist(), "learned"
+    return run_gamma(spec, design, torch.as_tensor(design.height_m, dtype=torch.float32))
+
+
 def reconstruct_captures(run_path: Path, captures: list[Path], out: Path, *, psf: Path | None = None,
                          bayer: str | None = None, bit_depth: int | None = None, encoding: str = "linear",
                          quantized: bool = True, gamma: list[float] | None = None, force: bool = False,
@@ -217,6 +233,7 @@ def reconstruct_captures(run_path: Path, captures: list[Path], out: Path, *, psf
         channel_offsets,
         check_channels,
         check_choice,
+        frame_shape,
         read_captures,
         to_channels,
     )
@@ -231,6 +248,8 @@ def reconstruct_captures(run_path: Path, captures: list[Path], out: Path, *, psf
         raise LensdesignError(f"--out: {out} is a file; give a folder")
     caps = read_captures(captures, bit_depth)
     wls = list(spec.wavelengths)
+    if gamma is not None and (len(gamma) not in (1, len(wls)) or not all(math.isfinite(v) and v > 0 for v in gamma)):
+        raise LensdesignError(f"--gamma: give one positive value or one per wavelength ({len(wls)}), e.g. 0.003")
     check_channels(caps, len(wls), bayer)
     stems = [_stem(n) for n in caps.names]
     if len(set(stems)) != len(stems):
@@ -239,8 +258,6 @@ def reconstruct_captures(run_path: Path, captures: list[Path], out: Path, *, psf
     if not force and (clash := [t for t in targets if t.exists()]):
         raise LensdesignError(f"--out: {clash[0]} exists; pass --force to overwrite or choose another --out")
     g = plan_grid(spec)
-    from lensdesign.camera.captures import frame_shape
-
     fh, fw = frame_shape(caps, bayer)
     k = spec.sensor.superres_factor
     if min(fh, fw) * k < g.psf_size:
@@ -249,21 +266,8 @@ def reconstruct_captures(run_path: Path, captures: list[Path], out: Path, *, psf
     design = run.load_design(spec)
     ref, psf_from = reference_psf(spec, design, psf, quantized)
     ref = shift_channels(ref, channel_offsets(wls, bayer) * k)
-    from lensdesign.simulate import run_gamma
-
     recon = design.reconstruction()
-    if gamma is not None:
-        if len(gamma) not in (1, len(wls)) or not all(math.isfinite(v) and v > 0 for v in gamma):
-            raise LensdesignError(f"--gamma: give one positive value or one per wavelength ({len(wls)}), e.g. 0.003")
-        g_used: Any = gamma[0] if len(gamma) == 1 else list(gamma)
-        gamma_from = "--gamma"
-        if recon is not None:
-            with torch.no_grad():
-                recon.log_gamma.copy_(torch.as_tensor(g_used, dtype=torch.float32).log().expand_as(recon.log_gamma))
-    elif recon is None:
-        g_used, gamma_from = run_gamma(spec, design, torch.as_tensor(design.height_m, dtype=torch.float32))
-    else:
-        g_used, gamma_from = recon.gamma.detach().tolist(), "learned"
+    g_used, gamma_from = _gamma(spec, design, recon, gamma)
     files = []
     n = len(caps.frames)
     out.mkdir(parents=True, exist_ok=True)

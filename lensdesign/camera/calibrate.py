@@ -310,6 +310,34 @@ def _load_dark(dark: Path | None, caps: Captures, bit_depth: int | None, channel
     return channels(d.frames[0])
 
 
+def calibrate_capture(cl: Cleaned, name: str, spec: Spec, design: Any, depth: float, sim_raw: np.ndarray,
+                      offsets: np.ndarray, p: int, margin: int) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """(PSF (C, P, P), the model's share per channel, what the report says about the capture) of one cleaned
+    capture at `depth` (m), `sim_raw` (C, P, P) the design's PSF there: locate, centre, resample (module doc)."""
+    s_tot = float(np.sqrt((cl.sigma**2).sum()))
+    cy, cx = locate(cl.image.sum(0), s_tot, p, name)
+    y0, x0 = round(cy) - p // 2, round(cx) - p // 2
+    win = cl.image[:, max(y0, 0):y0 + p, max(x0, 0):x0 + p].sum(axis=(-2, -1)).clip(min=0)
+    if (win <= 0).any():
+        raise LensdesignError(f"{name}: a colour channel holds no light in the PSF window; check the source's "
+                              "spectrum and --bayer")
+    w_off = (win[:, None] * offsets).sum(0) / float(win.sum())
+    centre = (cy + float(w_off[0]), cx + float(w_off[1]))
+    target = thresholded_centroid((unit_sum(sim_raw) * win[:, None, None]).sum(0), CENTROID_SIGMA * s_tot)
+    origin = (centre[0] - target[0], centre[1] - target[1])
+    regions, frac = window_regions(cl.image, origin, offsets, p, margin, name)
+    model = simulated_psfs(spec, design, [depth], shifts_px=frac[None], psf_size=p + 2 * margin)[0]
+    psf, share = resample(regions, frac, model, sim_raw, margin)
+    if (psf.sum(axis=(-2, -1)) <= 0).any():
+        raise LensdesignError(f"{name}: a colour channel holds no light in the PSF window; check the source's "
+                              "spectrum and --bayer")
+    info = {"position_px": [round(centre[0], 3), round(centre[1], 3)],
+            "background": [round(float(v), 6) for v in cl.background],
+            "noise_sigma": [round(float(v), 6) for v in cl.sigma], "hot_pixels": cl.hot_pixels,
+            "peak_snr": round(cl.peak_snr, 1)}
+    return psf, share, info
+
+
 def calibrate(run_path: Path, captures: list[Path], out: Path, *, dark: Path | None = None, bayer: str | None = None,
               depths: str | None = None, bit_depth: int | None = None, average: int = 1,
               force: bool = False) -> dict[str, Any]:
@@ -370,29 +398,9 @@ def calibrate(run_path: Path, captures: list[Path], out: Path, *, dark: Path | N
     frames_info = []
     shares = np.empty(sim.shape[:2])
     for i, (cl, name) in enumerate(zip(cleaned, names, strict=True)):
-        s_tot = float(np.sqrt((cl.sigma**2).sum()))
-        cy, cx = locate(cl.image.sum(0), s_tot, p, name)
-        y0, x0 = round(cy) - p // 2, round(cx) - p // 2
-        win = cl.image[:, max(y0, 0):y0 + p, max(x0, 0):x0 + p].sum(axis=(-2, -1)).clip(min=0)
-        if (win <= 0).any():
-            raise LensdesignError(f"{name}: a colour channel holds no light in the PSF window; check the source's "
-                                  "spectrum and --bayer")
-        w_off = (win[:, None] * offsets).sum(0) / float(win.sum())
-        centre = (cy + float(w_off[0]), cx + float(w_off[1]))
-        target = thresholded_centroid((sim[i] * win[:, None, None]).sum(0), CENTROID_SIGMA * s_tot)
-        origin = (centre[0] - target[0], centre[1] - target[1])
-        regions, frac = window_regions(cl.image, origin, offsets, p, margin, name)
-        model = simulated_psfs(spec, design, [zs[i]], shifts_px=frac[None], psf_size=p + 2 * margin)[0]
-        psf, shares[i] = resample(regions, frac, model, sim_raw[i], margin)
-        if (psf.sum(axis=(-2, -1)) <= 0).any():
-            raise LensdesignError(f"{name}: a colour channel holds no light in the PSF window; check the source's "
-                                  "spectrum and --bayer")
+        psf, shares[i], info = calibrate_capture(cl, name, spec, design, zs[i], sim_raw[i], offsets, p, margin)
         cal[i] = unit_sum(psf)
-        frames_info.append({"capture": name, "depth_m": None if math.isinf(zs[i]) else zs[i],
-                            "position_px": [round(centre[0], 3), round(centre[1], 3)],
-                            "background": [round(float(v), 6) for v in cl.background],
-                            "noise_sigma": [round(float(v), 6) for v in cl.sigma], "hot_pixels": cl.hot_pixels,
-                            "peak_snr": round(cl.peak_snr, 1)})
+        frames_info.append({"capture": name, "depth_m": None if math.isinf(zs[i]) else zs[i], **info})
     pitch = g.sensor_pitch
     rows = []
     for i, z in enumerate(zs):

@@ -6,8 +6,10 @@ at the reference and training depths, 'valid' blur (+ pixel integration for supe
 reconstruction with the mean reference PSF (+ the U-Net for `reconstruction.kind: unet`), MSE against the
 scene, Adam.
 
-Learning rate: `training.learning_rate` is in units of `max_height` per step for height parameters (pixel and
-radial surfaces hold metres; zernike and fourier coefficients are already in units of max_height); log γ uses
+Learning rate: `training.learning_rate` is in waves of phase at the design wavelength per step for the element
+(a diffractive relief: in units of its wrap height max_height, one wave for `auto`; refractive and hybrid: one
+wave = λ/(n − 1)); pixel and radial surfaces hold metres, zernike and fourier coefficients are already in those
+units (`Surface.step_scale`); log γ uses
 `GAMMA_LR` (nats per step), the U-Net weights `UNET_LR`. The element and γ follow a short linear warm-up, then
 a cosine decay to `LR_FLOOR` of the peak.
 
@@ -51,6 +53,7 @@ from lensdesign.heal import Healer, nan_injections
 from lensdesign.imaging.reconstruct import default_pad
 from lensdesign.imaging.scenes import load_images, random_crops
 from lensdesign.imaging.sensor import psnr, sample_read_noise
+from lensdesign.optics.element import base_sag
 from lensdesign.optics.psf import coords
 from lensdesign.optics.surfaces import FourierSurface, Surface, ZernikeSurface
 from lensdesign.rundir import CHECKPOINT, METRICS, SUMMARY, RunDir, atomic_save_tensors, atomic_write_json, design_meta
@@ -109,7 +112,10 @@ def patch_size(spec: Spec) -> int:
 
 
 def initial_height(spec: Spec, n: int) -> torch.Tensor:
-    """Starting height map (N, N) in metres: the Fresnel lens focused at the spec's focus depth."""
+    """Starting height map (N, N) in metres: the Fresnel lens focused at the spec's focus depth (a refractive
+    element: the unwrapped thin-lens sag of the same focal length)."""
+    if spec.optics.element == "refractive":
+        return base_sag(spec, n).to(torch.float32)
     return fresnel_height(spec, n).to(torch.float32)
 
 
@@ -119,9 +125,10 @@ def init_surface(surface: Surface, spec: Spec) -> None:
     pixel / radial: the wrapped lens heights. zernike: the defocus term Z4 = √3(2ρ² − 1) carrying the unwrapped
     thin-lens profile −r²/(2f(n − 1)) (wrapping happens in `height()`). fourier: the low-frequency block of the
     unwrapped profile's spectrum (its periodic extension is smooth enough that the wrapped result matches the
-    Fresnel lens). Coefficients of zernike / fourier are in units of max_height.
+    Fresnel lens). Coefficients of zernike / fourier are in units of `surface.unit`. A refractive zernike sag gets
+    the same defocus term unwrapped (the thin-lens sag); a hybrid starts with a flat relief on its base lens.
     """
-    n, mh = surface.n, spec.max_height_m
+    n, mh = surface.n, surface.unit
     ng = spec.design_index
     f = focal_length(spec)
     with torch.no_grad():
@@ -138,7 +145,7 @@ def init_surface(surface: Surface, spec: Spec) -> None:
             surface.param[0].copy_(block.real.to(surface.param.dtype))
             surface.param[1].copy_(block.imag.to(surface.param.dtype))
         else:
-            surface.init_from_height(initial_height(spec, n).to(surface.param.device))
+            surface.init_from_height(initial_height(spec, n).to(next(surface.parameters()).device))
 
 
 @dataclass
@@ -170,7 +177,7 @@ class Trainer:
         self.images = load_images(spec.training.images, spec.wavelengths, self.scene_size).train
         self.pad = default_pad(self.pipe.psf_size)
         t = spec.training
-        height_units = spec.max_height_m if self.model.surface.kind in ("pixel", "radial") else 1.0
+        height_units = self.model.surface.step_scale
         recon = self.model.recon
         self.base_lr = [t.learning_rate * height_units, GAMMA_LR]
         groups = [{"params": list(self.model.surface.parameters()), "lr": self.base_lr[0]},

@@ -196,6 +196,7 @@ class Design:
     parameterization: str = field(init=False)
     material: str | None = field(init=False)
     aperture_m: float | None = field(init=False)
+    element: str = field(init=False)
 
     def __post_init__(self) -> None:
         m, s, src = self.meta, self.spec, self.source
@@ -215,13 +216,16 @@ class Design:
         self.parameterization = _text(m, "parameterization", src, s.optics.parameterization if s else "pixel")
         self.material = _text(m, "material", src, s.material_name if s else "") or None
         self.aperture_m = _number(m, "aperture_m", src, s.optics.aperture if s else None, positive=True)
+        self.element = _text(m, "element", src, s.optics.element if s else "diffractive")
 
     def quantized(self, levels: int | None = None) -> np.ndarray:
         """The height map (m, float32) quantized to `levels` (default the design's fabrication levels) with the
-        quantizer export and training share (lensdesign.fabrication.quantize)."""
+        quantizer export and training share (lensdesign.fabrication.quantize); a refractive or hybrid sag is not
+        wrapped."""
         from lensdesign.fabrication.quantize import quantize
 
-        q = quantize(np.asarray(self.height_m, dtype=np.float64), self.max_height_m, levels or self.levels)
+        q = quantize(np.asarray(self.height_m, dtype=np.float64), self.max_height_m, levels or self.levels,
+                     wrap=self.element == "diffractive")
         return np.asarray(q, dtype=np.float32)
 
     @property
@@ -406,6 +410,7 @@ def design_meta(spec: Spec, kind: str, n: int, **extra: Any) -> dict[str, Any]:
         "design_wavelength_m": spec.design_wavelength_m,
         "material": spec.material_name,
         "parameterization": spec.optics.parameterization,
+        "element": spec.optics.element,
         "levels": spec.fabrication.levels,
         **extra,
     }

@@ -103,6 +103,10 @@ class Optics(_Model):
     sensor_distance: Length
     material: str | CustomMaterial = "fused_silica"
     pitch: Length = 2e-6
+    element: Literal["diffractive", "refractive", "hybrid"] = Field(
+        "diffractive", description="diffractive: relief wrapped at max_height (one wave for auto); refractive: an "
+        "unwrapped sag up to max_height; hybrid: the spec's focusing lens as a refractive base plus a diffractive "
+        "relief of one wave optimized on top")
     parameterization: Literal["pixel", "radial", "zernike", "fourier"] = "pixel"
     max_height: Length | Literal["auto"] = "auto"
     padding: float = Field(2.0, ge=1.0, le=4.0, description="padded grid width / aperture grid width")
@@ -200,6 +204,8 @@ class Fabrication(_Model):
     min_feature: Length | None = None
     height_tolerance: Length | None = None
     misalignment: Length | None = None
+    sag_error: float | None = Field(None, ge=0.0, le=0.2, description="relative form error of a refractive sag "
+                                    "(a continuous process scales the sag by 1 ± this fraction), e.g. 0.005")
 
     @model_validator(mode="after")
     def _levels(self) -> Fabrication:
@@ -248,6 +254,10 @@ class Spec(_Model):
                 f"optics.material.index has {len(self.optics.material.index)} values but there are "
                 f"{len(self.wavelengths)} wavelengths; give one index per wavelength"
             )
+        if self.optics.element != "diffractive" and self.fabrication.process == "multilevel":
+            raise ValueError(f"fabrication.process: multilevel (binary etch masks) cannot make the {self.optics.element} "
+                             "sag of optics.element; use process grayscale or two_photon (levels = grey or print steps "
+                             "over the sag, e.g. 1024)")
         if self.task == "superres" and self.sensor.superres_factor < 2:
             raise ValueError("task superres needs sensor.superres_factor of 2 or more")
         return self
@@ -301,11 +311,22 @@ class Spec(_Model):
         return self.refractive_indices[i]
 
     @property
+    def wave_height_m(self) -> float:
+        """Height of one 2π wave at the design wavelength (m): λ / (n(λ) − 1)."""
+        return self.design_wavelength_m / (self.design_index - 1.0)
+
+    @property
     def max_height_m(self) -> float:
-        """Largest height of the element: one 2π wave at the design wavelength unless given."""
-        if self.optics.max_height == "auto":
+        """Largest height of the element (m). `auto`: diffractive, one 2π wave at the design wavelength;
+        refractive, 1.25 × the sag of the spec's focusing lens; hybrid, that lens's sag plus one wave."""
+        if self.optics.max_height != "auto":
+            return float(self.optics.max_height)
+        if self.optics.element == "diffractive":
             return self.design_wavelength_m / (self.design_index - 1.0)
-        return float(self.optics.max_height)
+        from lensdesign.optics.element import focus_lens_sag_m
+
+        sag = focus_lens_sag_m(self)
+        return 1.25 * sag if self.optics.element == "refractive" else sag + self.wave_height_m
 
     @property
     def material_name(self) -> str:

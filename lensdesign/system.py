@@ -28,8 +28,9 @@ from lensdesign.errors import LensdesignError
 from lensdesign.fabrication.quantize import quantize_ste, soft_quantize
 from lensdesign.imaging.reconstruct import WienerReconstruction, make_reconstruction
 from lensdesign.imaging.sensor import add_noise, convolve_valid, integrate_pixels, psf_margin
+from lensdesign.optics.element import check_sag_sampling, is_wrapped, make_element_surface
 from lensdesign.optics.psf import OpticalSystem, PSFStack, plan_grid
-from lensdesign.optics.surfaces import Surface, make_surface
+from lensdesign.optics.surfaces import Surface
 from lensdesign.spec import Spec
 
 # ---- tasks ---------------------------------------------------------------------------------------------------
@@ -118,6 +119,7 @@ def make_task(spec: Spec) -> Task:
 def check_supported(spec: Spec) -> None:
     """Raise a one-line LensdesignError for spec combinations that `optimize` cannot do."""
     make_task(spec)
+    check_sag_sampling(spec)
     if spec.sensor.superres_factor != 1 and spec.task != "superres":
         raise LensdesignError(f"sensor.superres_factor: {spec.sensor.superres_factor} is only used by task: superres; "
                               "set task: superres or superres_factor: 1")
@@ -150,15 +152,22 @@ def fabricate(height: torch.Tensor, spec: Spec, progress: float, gen: torch.Gene
               schedule: QuantSchedule = QuantSchedule()) -> torch.Tensor:
     """Training-time fabrication model of a height map (N, N) in metres.
 
-    Quantizes to `fabrication.levels` following `schedule` at `progress`, then adds uniform height noise of
-    ±`fabrication.height_tolerance` per sample (drawn from the CPU generator `gen`; none when `gen` is None).
+    Quantizes to `fabrication.levels` following `schedule` at `progress` (a diffractive relief wrapped at
+    max_height; a refractive or hybrid sag in grey / print steps over [0, max_height], not wrapped, then scaled by
+    1 + ε with ε uniform in ±`fabrication.sag_error`), then adds uniform height noise of
+    ±`fabrication.height_tolerance` per sample (random numbers from the CPU generator `gen`; none when `gen` is None).
     """
     mh, levels = spec.max_height_m, spec.fabrication.levels
+    wrap = is_wrapped(spec.optics.element)
     mode, temp = schedule.mode(progress)
     if mode == "soft":
-        height = soft_quantize(height, mh, levels, temp)
+        height = soft_quantize(height, mh, levels, temp, wrap)
     elif mode == "ste":
-        height = quantize_ste(height, mh, levels)
+        height = quantize_ste(height, mh, levels, wrap)
+    sag_error = spec.fabrication.sag_error
+    if sag_error and not wrap and gen is not None:
+        eps = (2.0 * torch.rand((), generator=gen, dtype=torch.float64).item() - 1.0) * sag_error
+        height = height * (1.0 + eps)
     tol = spec.fabrication.height_tolerance
     if tol and gen is not None:
         noise = (2.0 * torch.rand(height.shape, generator=gen, dtype=torch.float32) - 1.0) * tol
@@ -175,9 +184,7 @@ class EndToEnd(nn.Module):
     def __init__(self, spec: Spec, n: int | None = None) -> None:
         super().__init__()
         n = plan_grid(spec).n if n is None else n
-        o = spec.optics
-        self.surface: Surface = make_surface(o.parameterization, n, o.pitch, spec.max_height_m,
-                                             spec.fabrication.min_feature, o.aperture, o.zernike_terms, o.fourier_fraction)
+        self.surface: Surface = make_element_surface(spec, n)
         self.recon: WienerReconstruction = make_reconstruction(spec)
 
     def height(self) -> torch.Tensor:

@@ -10,7 +10,9 @@ Error model (all lengths in metres, from `spec.fabrication`):
     edge leaves a pixel partly etched, at the area-weighted mean height;
   - feature rounding: each mask is low-passed by a Gaussian of σ = min_feature/4 before it is applied.
 * grayscale and two_photon (one exposure): per-pixel height error drawn uniformly from ±height_tolerance, and
-  feature rounding as a Gaussian low-pass of σ = min_feature/4 on the height map.
+  feature rounding as a Gaussian low-pass of σ = min_feature/4 on the height map; a refractive or hybrid sag
+  (`wrap` False: quantized over [0, max_height] without wrapping) is also scaled by 1 + ε, ε drawn uniformly
+  from ±sag_error (form error).
 
 Errors that are zero or not given are not applied, and with none at all the as-built map equals the quantized
 map exactly.
@@ -41,6 +43,8 @@ class FabricationErrors:
     height_tolerance: float = 0.0
     misalignment: float = 0.0
     min_feature: float = 0.0
+    sag_error: float = 0.0
+    wrap: bool = True
 
     @classmethod
     def from_spec(cls, spec: Spec, max_height: float | None = None, levels: int | None = None,
@@ -51,7 +55,8 @@ class FabricationErrors:
                    pitch=float(pitch if pitch is not None else spec.optics.pitch),
                    height_tolerance=float(f.height_tolerance or 0.0),
                    misalignment=float(f.misalignment or 0.0) if f.process == "multilevel" else 0.0,
-                   min_feature=float(f.min_feature or 0.0))
+                   min_feature=float(f.min_feature or 0.0), sag_error=float(f.sag_error or 0.0),
+                   wrap=spec.optics.element == "diffractive")
 
     @property
     def rounding_sigma_px(self) -> float:
@@ -65,7 +70,8 @@ class FabricationErrors:
 
     @property
     def is_zero(self) -> bool:
-        return self.height_tolerance == 0 and self.misalignment == 0 and self.min_feature == 0
+        return (self.height_tolerance == 0 and self.misalignment == 0 and self.min_feature == 0
+                and self.sag_error == 0)
 
     def describe(self) -> str:
         """One line for the report, in nm / µm."""
@@ -75,6 +81,8 @@ class FabricationErrors:
             parts.append(f"etch-depth error ±{self.height_tolerance * 1e9:.3g} nm ({kind}, uniform)")
         if self.misalignment:
             parts.append(f"mask misalignment {self.misalignment * 1e9:.3g} nm (random direction)")
+        if self.sag_error:
+            parts.append(f"sag form error ±{self.sag_error * 100:.3g} % (scale, uniform)")
         if self.min_feature:
             parts.append(f"edge rounding σ = min_feature/4 = {self.min_feature / 4 * 1e6:.3g} µm")
         if self.is_zero:
@@ -129,7 +137,9 @@ def as_built_height(height: np.ndarray, errors: FabricationErrors, rng: np.rando
             if depth_err[j]:
                 extra = extra + depth_err[j] * mk
         return steps * step + extra
-    hq = np.asarray(quantize(np.asarray(height, dtype=np.float64), e.max_height, e.levels), dtype=np.float64)
+    hq = np.asarray(quantize(np.asarray(height, dtype=np.float64), e.max_height, e.levels, e.wrap), dtype=np.float64)
+    if e.sag_error and not e.wrap:
+        hq = hq * (1.0 + rng.uniform(-1.0, 1.0) * e.sag_error)
     if e.height_tolerance:
         hq = hq + rng.uniform(-1.0, 1.0, size=hq.shape) * e.height_tolerance
     return round_features(hq, e.rounding_sigma_px)

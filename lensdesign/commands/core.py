@@ -45,10 +45,12 @@ def memory_estimate(spec: Spec) -> dict[str, float]:
 
 def check_spec(spec: Spec) -> Table:
     """A table describing how `spec` will be simulated (raises SpecError when it cannot be)."""
+    from lensdesign.optics.element import check_sag_sampling, max_sag_sampled
     from lensdesign.optics.psf import plan_grid
     from lensdesign.units import defocus_w020_m
 
     g = plan_grid(spec)
+    check_sag_sampling(spec)
     o = spec.optics
     t = Table(title=f"lensdesign check: {spec.name} ({spec.task})", show_header=False)
     t.add_column("item", style="bold")
@@ -58,6 +60,9 @@ def check_spec(spec: Spec) -> Table:
     idx = spec.refractive_indices
     t.add_row("wavelengths (n)", ", ".join(f"{w * 1e9:.0f} nm ({n:.4f})" for w, n in zip(spec.wavelengths, idx, strict=True)))
     t.add_row("material / max height", f"{spec.material_name} / {fmt_len(spec.max_height_m)}")
+    if o.element != "diffractive":
+        t.add_row("element", f"{o.element}: unwrapped sag, at most {fmt_len(max_sag_sampled(spec))} sampled at "
+                  f"this pitch; one wave = {fmt_len(spec.wave_height_m)}")
     depths = ", ".join(fmt_len(z) for z in spec.depths_m)
     t.add_row("depths", f"{depths}  (focus of reference lenses: {fmt_len(spec.focus_depth_m)})")
     w020 = defocus_w020_m(spec)
@@ -139,6 +144,7 @@ def _baseline(app: typer.Typer) -> None:
             extra = {"focus_depth_m": None if math.isinf(fdm) else fdm, "cubic_strength_waves": a}
         meta = design_meta(s, f"baseline-{kind}", g.n, **extra)
         meta["parameterization"] = "pixel"
+        meta["element"] = "diffractive"  # the reference lenses are diffractive reliefs whatever the spec's element
         run.write_design(s, h.float(), meta)
         console.print(f"wrote {kind} baseline ({g.n} × {g.n} at {fmt_len(g.dx)}) to {out}")
 

@@ -19,7 +19,7 @@ console = Console()
 FLAGS = {"tiff": "--tiff", "gds": "--gds", "oasis": "--oasis", "stl": "--stl", "levels": "--levels",
          "process": "--process", "out": "--out", "force": "--force", "field_m": "--field", "base_m": "--base",
          "lut": "--lut", "misalignment_m": "--misalignment", "workers": "--workers",
-         "arc_tolerance_m": "--arc-tolerance", "tone": "--tone"}
+         "arc_tolerance_m": "--arc-tolerance", "tone": "--tone", "sag": "--sag"}
 
 
 def _length(value: str, option: str, allow_zero: bool = False) -> float:
@@ -108,6 +108,8 @@ def register(app: typer.Typer) -> None:
         gds: Annotated[bool, typer.Option("--gds", help="NAME.gds: masks (multilevel) or datatype = level")] = False,
         oasis: Annotated[bool, typer.Option("--oasis", help="NAME.oas: the same layout as OASIS")] = False,
         stl: Annotated[bool, typer.Option("--stl", help="binary STL per print field (two-photon lithography)")] = False,
+        sag: Annotated[bool, typer.Option("--sag", help="NAME.sag.csv: x, y, sag (m) of a refractive or hybrid "
+                                                         "element (diamond turning)")] = False,
         levels: Annotated[int | None, typer.Option(help="quantization levels (default fabrication.levels)")] = None,
         process: Annotated[str | None, typer.Option(help="multilevel | grayscale | two_photon "
                                                           "(default fabrication.process)")] = None,
@@ -128,13 +130,14 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Quantize a run's design and write fabrication files with a design-rule report.
 
-        With no file option, writes TIFF + GDS (multilevel, grayscale) or TIFF + STL (two_photon).
+        With no file option, writes TIFF + GDS (multilevel, grayscale) or TIFF + STL (two_photon), and the sag table
+        of a refractive or hybrid element.
         """
         from lensdesign.fabrication.export import ExportOptions, export_run
         from lensdesign.lock import run_lock
 
         opts = ExportOptions(
-            tiff=tiff, gds=gds, oasis=oasis, stl=stl, levels=levels, process=process, out=out, force=force,
+            tiff=tiff, gds=gds, oasis=oasis, stl=stl, sag=sag, levels=levels, process=process, out=out, force=force,
             field_m=_length(field, "--field"), base_m=_length(base, "--base"), lut=lut,
             misalignment_m=None if misalignment is None else _length(misalignment, "--misalignment", allow_zero=True),
             workers=workers, arc_tolerance_m=_length(arc_tolerance, "--arc-tolerance"), tone=tone,

@@ -1,6 +1,8 @@
 """The end-of-run comparison (RUN/summary.json): the design against the Fresnel lens and, for edof / focus, a
 cubic phase plate of tuned strength, for superres bicubic upsampling of the Fresnel lens's sensor image; each
-lens continuous and quantized to `fabrication.levels`, each with its own tuned γ.
+lens continuous and quantized to `fabrication.levels`, each with its own tuned γ. A refractive or hybrid design
+is quantized like its continuous process (grey / print steps over the sag, no wrap); the baselines keep their own
+fabrication: diffractive reliefs of one wave in `BASELINE_LEVELS` levels (the spec's levels for a diffractive spec).
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from lensdesign.imaging.reconstruct import WienerReconstruction
 from lensdesign.imaging.sensor import eval_read_noise
 from lensdesign.spec import Spec
 from lensdesign.units import defocus_waves
+
+BASELINE_LEVELS = 16  # levels of the baselines' multilevel relief when the spec's element is not diffractive
 
 
 def _depth(z: float) -> float | None:
@@ -93,9 +97,14 @@ def summarize(spec: Spec, height_m: Any, learned_gamma: list[float] | None = Non
     mh, levels = spec.max_height_m, spec.fabrication.levels
     h = as_height(height_m, torch.device("cpu"))
     net = learned_recon(recon)
+    wrap = spec.optics.element == "diffractive"
+    bh, blevels = (mh, levels) if wrap else (spec.wave_height_m, BASELINE_LEVELS)
 
     def q(x: torch.Tensor) -> torch.Tensor:
-        return quantize(x.float(), mh, levels)  # type: ignore[return-value]
+        return quantize(x.float(), mh, levels, wrap)  # type: ignore[return-value]
+
+    def qb(x: torch.Tensor) -> torch.Tensor:
+        return quantize(x.float(), bh, blevels)  # type: ignore[return-value]
 
     design = ev.evaluate_height(h, seed=seed, recon=net)
     if net is not None:
@@ -107,7 +116,7 @@ def summarize(spec: Spec, height_m: Any, learned_gamma: list[float] | None = Non
             per = ev.bench(h, seed).psnr_per_depth(torch.as_tensor(learned_gamma, device=ev.pipe.device))
         design["mean_psnr_db_learned_gamma"] = round(float(np.mean(per)), 4)
     design_q = ev.evaluate_height(q(h), seed=seed, recon=net)
-    baselines, gains = _baselines(ev, design, q, seed, log)
+    baselines, gains = _baselines(ev, design, qb, seed, log)
     gains["quantization_loss"] = round(design["mean_psnr_db"] - design_q["mean_psnr_db"], 4)
     return {"design": design, "design_quantized": design_q, "baselines": baselines, "gain_db": gains,
             "evaluation": _evaluation(ev, seed, net)}

@@ -22,7 +22,14 @@ from lensdesign.fabrication.checks import RulesReport, check_rules, misalignment
 from lensdesign.fabrication.levelmap import LevelMap, level_map, pixels_differing_from_design
 from lensdesign.fabrication.plan import ExportOptions, ExportPlan, check_outputs, plan_export
 from lensdesign.fabrication.tiff import grey_levels, read_lut
-from lensdesign.fabrication.writers import ShapeMap, layout_shapes, mask_layout, write_stl_fields, write_tiffs
+from lensdesign.fabrication.writers import (
+    ShapeMap,
+    layout_shapes,
+    mask_layout,
+    write_sag_table,
+    write_stl_fields,
+    write_tiffs,
+)
 from lensdesign.rundir import RunDir, atomic_write_json
 from lensdesign.units import json_safe
 
@@ -91,6 +98,9 @@ def export_run(run: str | Path, opts: ExportOptions) -> ExportResult:
             shapes = layout_shapes(plan, lm)
     with _timed(timings, "tiff_s"):
         write_tiffs(plan, lm, grey_table)
+    if "sag" in plan.paths:
+        with _timed(timings, "sag_s"):
+            write_sag_table(plan.paths["sag"], design.height_m, plan.pitch_m, lm.inside, plan.name)
     if plan.layered:
         _write_layouts(plan, shapes, timings)
     stl_fields = []

@@ -44,7 +44,8 @@ class LevelMap:
 
 
 def level_map(design: Design, plan: ExportPlan) -> LevelMap:
-    """Quantize a design to `plan.levels` over [0, max_height); rings for a radial design."""
+    """Quantize a design to `plan.levels` over [0, max_height) (a sag: over [0, max_height], not wrapped); rings for
+    a radial design."""
     from lensdesign.optics.psf import aperture_mask
 
     n, levels = plan.n, plan.levels
@@ -54,7 +55,7 @@ def level_map(design: Design, plan: ExportPlan) -> LevelMap:
         w = design.meta.get("ring_width_m")
         if prof is not None and w:
             rl = ring_layout(float(w), plan.aperture_m, plan.pitch_m, n, plan.arc_tolerance_m)
-            ring_lv = np.asarray(level_index(prof.double().numpy(), plan.max_height_m, levels), dtype=np.int64)
+            ring_lv = np.asarray(level_index(prof.double().numpy(), plan.max_height_m, levels, plan.wrapped), dtype=np.int64)
             if len(ring_lv) < rl.rings:
                 raise LensdesignError(f"design: radial_profile_m has {len(ring_lv)} rings but the aperture holds "
                                       f"{rl.rings}; re-create the run")
@@ -63,7 +64,7 @@ def level_map(design: Design, plan: ExportPlan) -> LevelMap:
             return LevelMap(lv, inside, rl, ring_lv[: rl.rings])
         note = "design.json says radial but radial_profile_m or ring_width_m is missing: exported as pixels"
     inside = aperture_mask(n, plan.pitch_m, plan.aperture_m).numpy().astype(bool)
-    lv = np.asarray(level_index(np.asarray(design.height_m, dtype=np.float64), plan.max_height_m, levels),
+    lv = np.asarray(level_index(np.asarray(design.height_m, dtype=np.float64), plan.max_height_m, levels, plan.wrapped),
                     dtype=np.int64)
     lv[~inside] = 0
     return LevelMap(lv, inside, note=note)

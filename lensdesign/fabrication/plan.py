@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lensdesign.errors import ArgumentError
+from lensdesign.fabrication.quantize import level_step
 from lensdesign.rundir import Design
 from lensdesign.spec import Spec
 
@@ -42,6 +43,7 @@ class ExportOptions:
     workers: int | None = None
     arc_tolerance_m: float = 10e-9  # ring polygons within this of their circles (plus the 1 nm grid)
     tone: str = "clear"
+    sag: bool = False  # NAME.sag.csv: the continuous sag of a refractive or hybrid element
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,7 @@ class ExportPlan:
     min_feature_m: float | None
     workers: int | None
     arc_tolerance_m: float
+    wrapped: bool = True  # a diffractive relief (levels wrap at max_height); False: a refractive or hybrid sag
 
     @property
     def layered(self) -> bool:
@@ -127,6 +130,11 @@ def resolve_process_levels(spec: Spec, process: str | None, levels: int | None) 
     if proc not in PROCESSES:
         src = "{process}" if process else "fabrication.process"
         raise ArgumentError(src + ": unknown process {proc!r}; use multilevel, grayscale or two_photon", proc=proc)
+    if proc == "multilevel" and spec.optics.element != "diffractive":
+        src = "{process}" if process else "fabrication.process"
+        raise ArgumentError(src + ": a multilevel mask set cannot make the {element} sag of this design (its "
+                            "binary etches build a wrapped relief); use grayscale or two_photon, or {sag} for a "
+                            "sag table", element=spec.optics.element)
     n = int(levels if levels is not None else spec.fabrication.levels)
     src = "{levels}" if levels is not None else "fabrication.levels"
     if n < 2 or n > 65536:
@@ -147,11 +155,12 @@ def field_grid(n: int, field_px: int) -> list[tuple[int, int, int, int, int, int
     return [(a, b, cuts[a], cuts[a + 1], cuts[b], cuts[b + 1]) for a in range(k) for b in range(k)]
 
 
-def _formats(opts: ExportOptions, process: str, levels: int) -> tuple[bool, bool, bool, bool]:
-    """(tiff, gds, oasis, stl) to write: the options, or the process's defaults when none is chosen."""
+def _formats(opts: ExportOptions, process: str, levels: int, wrapped: bool = True) -> tuple[bool, bool, bool, bool]:
+    """(tiff, gds, oasis, stl) to write: the options, or the process's defaults when none is chosen (a sag, not
+    `wrapped`: no layout by default, its sag table instead)."""
     tiff, gds, oas, stl = opts.tiff, opts.gds, opts.oasis, opts.stl
-    if not (tiff or gds or oas or stl or opts.lut):
-        tiff, gds, stl = True, process != "two_photon", process == "two_photon"
+    if not (tiff or gds or oas or stl or opts.lut or opts.sag):
+        tiff, gds, stl = True, process != "two_photon" and wrapped, process == "two_photon"
     if (gds or oas) and process != "multilevel" and levels > 256:
         src = "{levels}" if opts.levels is not None else "fabrication.levels"
         raise ArgumentError(src + ": a {process} layout stores the level in the GDS datatype (0-255); use at most "
@@ -175,9 +184,11 @@ def _check_geometry(opts: ExportOptions, process: str, pitch_m: float, stl: bool
     return field_px
 
 
-def _paths(out: Path, name: str, tiff: bool, grey: bool, gds: bool, oas: bool) -> dict[str, Path]:
-    """Output files of the TIFF and layout writers, by kind."""
+def _paths(out: Path, name: str, tiff: bool, grey: bool, gds: bool, oas: bool, sag: bool = False) -> dict[str, Path]:
+    """Output files of the TIFF, sag-table and layout writers, by kind."""
     paths: dict[str, Path] = {}
+    if sag:
+        paths["sag"] = out / f"{name}.sag.csv"
     if tiff:
         paths["height"] = out / f"{name}.height.tiff"
         paths["levels"] = out / f"{name}.levels.tiff"
@@ -193,7 +204,8 @@ def _paths(out: Path, name: str, tiff: bool, grey: bool, gds: bool, oas: bool) -
 def plan_export(spec: Spec, design: Design, opts: ExportOptions, run: Path) -> ExportPlan:
     """Resolve `opts` against the run's spec and design: what to write where, and with which numbers. No I/O."""
     process, levels = resolve_process_levels(spec, opts.process, opts.levels)
-    tiff, gds, oas, stl = _formats(opts, process, levels)
+    wrapped = design.element == "diffractive"
+    tiff, gds, oas, stl = _formats(opts, process, levels, wrapped)
     pitch = design.pitch_m
     field_px = _check_geometry(opts, process, pitch, stl)
     n = int(design.height_m.shape[0])
@@ -206,16 +218,20 @@ def plan_export(spec: Spec, design: Design, opts: ExportOptions, run: Path) -> E
         for fr, fc, r0, r1, c0, c1 in fields)
     mis = opts.misalignment_m if opts.misalignment_m is not None else (spec.fabrication.misalignment or 0.0)
     max_h = design.max_height_m
+    if opts.sag and wrapped:
+        raise ArgumentError("{sag}: a sag table is for refractive and hybrid elements; this design is a diffractive "
+                            "relief wrapped at max_height, export it with {tiff}, {gds} or {stl}")
+    sag = opts.sag or (not wrapped and not (opts.tiff or opts.gds or opts.oasis or opts.stl or opts.lut))
     return ExportPlan(
         name=name, run=run, out=out, process=process, levels=levels, tone=opts.tone, tiff=tiff, gds=gds, oasis=oas,
-        stl=stl, paths=_paths(out, name, tiff, opts.lut is not None, gds, oas), stl_fields=stl_fields,
+        stl=stl, paths=_paths(out, name, tiff, opts.lut is not None, gds, oas, sag), stl_fields=stl_fields,
         rules_path=out / f"{name}.rules.json", force=opts.force, n=n, pitch_m=pitch, max_height_m=max_h,
-        level_height_m=max_h / levels, aperture_m=design.aperture_m or spec.optics.aperture,
+        level_height_m=level_step(max_h, levels, wrapped), aperture_m=design.aperture_m or spec.optics.aperture,
         material=design.material or spec.material_name,
         design_wavelength_m=design.design_wavelength_m or spec.design_wavelength_m,
         radial=design.parameterization == "radial", field_m=field_px * pitch, base_m=opts.base_m, lut=opts.lut,
         misalignment_m=mis, min_feature_m=spec.fabrication.min_feature, workers=opts.workers,
-        arc_tolerance_m=opts.arc_tolerance_m)
+        arc_tolerance_m=opts.arc_tolerance_m, wrapped=wrapped)
 
 
 def check_outputs(plan: ExportPlan) -> None:

@@ -1,4 +1,5 @@
-"""One writer per export format: TIFF (heights, levels, grey), GDSII / OASIS layout, STL print fields.
+"""One writer per export format: TIFF (heights, levels, grey), sag table (CSV), GDSII / OASIS layout, STL print
+fields.
 
 Every writer takes the resolved `ExportPlan` and the `LevelMap`, and writes its files whole or not at all
 (temporary name in the same folder, then rename). Layout polygons are built per (layer, datatype) first, so the
@@ -12,6 +13,7 @@ material kept during etch step j; with tone "dark" it draws the complement of th
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 
@@ -52,6 +54,21 @@ def write_tiffs(plan: ExportPlan, lm: LevelMap, grey_table: np.ndarray | None) -
         write_tiff(plan.paths["grey"], grey_table[lv], plan.pitch_m,
                    {**desc, "content": "8-bit grey value per pixel from the dose curve", "lut": str(plan.lut),
                     "grey_per_level": grey_table.tolist()})
+
+
+def write_sag_table(path: Path, height_m: np.ndarray, pitch_m: float, inside: np.ndarray, name: str) -> int:
+    """NAME.sag.csv: x_m, y_m, sag_m of every pixel inside the aperture, the design's continuous sag (float32
+    values written so that they read back exactly), x and y as in ORIGIN_CONVENTION. Returns the rows written."""
+    from lensdesign.rundir import atomic_write_text
+
+    c = height_m.shape[0] // 2
+    rows, cols = np.nonzero(inside)
+    lines = [f"# lensdesign {name}: sag (m) of a refractive surface for diamond turning or a continuous process; "
+             + ORIGIN_CONVENTION, "x_m,y_m,sag_m"]
+    lines += [f"{(j - c) * pitch_m!r},{(i - c) * pitch_m!r},{float(height_m[i, j])!r}"
+              for i, j in zip(rows.tolist(), cols.tolist(), strict=True)]
+    atomic_write_text(path, "\n".join(lines) + "\n")
+    return len(rows)
 
 
 # ---- layout ---------------------------------------------------------------------------------------------------

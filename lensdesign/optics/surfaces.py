@@ -1,14 +1,18 @@
 """Surface parameterizations → height map h(x, y) in metres, kept within [0, max_height).
 
 Each surface is an `nn.Module` holding only its trainable parameters; `height()` returns the (N, N) map.
-Heights wrap modulo `max_height` (a phase wrap when max_height is a whole number of waves), which keeps the
-element inside the etch depth while leaving the optimizer free to move across the wrap.
+A diffractive surface (`wrapped`, the default) wraps heights modulo `max_height` (a phase wrap when max_height
+is a whole number of waves), which keeps the element inside the etch depth while leaving the optimizer free to
+move across the wrap. A refractive sag (`wrapped = False`, see lensdesign.optics.element) is clamped to
+[0, max_height] instead, zernike and fourier sags with their piston removed. `unit` (m) is the height one unit of
+a zernike / fourier coefficient stands for: max_height for a diffractive surface, one wave at the design
+wavelength for a refractive sag; `step_scale` converts a learning rate in those units to the parameters' units.
 
 * pixel: one free height per block of `block × block` grid pixels (block = ceil(min_feature / pitch)), so no
   feature is smaller than the fabrication minimum.
 * radial: rotationally symmetric, constant over rings of width `ring_width` (≥ min_feature).
-* zernike: Noll-ordered Zernike polynomials over the aperture, coefficients in units of max_height.
-* fourier: low-frequency Fourier coefficients (a fraction of the band), in units of max_height.
+* zernike: Noll-ordered Zernike polynomials over the aperture, coefficients in units of `unit`.
+* fourier: low-frequency Fourier coefficients (a fraction of the band), in units of `unit`.
 """
 
 from __future__ import annotations
@@ -34,6 +38,17 @@ class Surface(nn.Module):
         self.n = n
         self.pitch = pitch
         self.max_height = max_height
+        self.unit = max_height
+        self.wrapped = True
+
+    def limit(self, h: torch.Tensor) -> torch.Tensor:
+        """Heights (m) into the element: wrapped modulo max_height, or clamped to [0, max_height] (a sag)."""
+        return wrap(h, self.max_height) if self.wrapped else torch.clamp(h, 0.0, self.max_height)
+
+    @property
+    def step_scale(self) -> float:
+        """Metres per unit of the learning rate for these parameters (heights in metres: `unit`)."""
+        return self.unit
 
     def height(self) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -53,7 +68,7 @@ class PixelSurface(Surface):
         self.param = nn.Parameter(torch.zeros(nb, nb))
 
     def height(self) -> torch.Tensor:
-        h = wrap(self.param, self.max_height)
+        h = self.limit(self.param)
         if self.block > 1:
             h = h.repeat_interleave(self.block, 0).repeat_interleave(self.block, 1)
         return h[: self.n, : self.n]
@@ -82,11 +97,11 @@ class RadialSurface(Surface):
         self.param = nn.Parameter(torch.zeros(self.rings))
 
     def height(self) -> torch.Tensor:
-        return wrap(self.param, self.max_height)[self.ring_index]
+        return self.limit(self.param)[self.ring_index]
 
     def ring_heights(self) -> torch.Tensor:
         """Height of each ring (m), ring j covering radii [j·w, (j+1)·w)."""
-        return wrap(self.param, self.max_height).detach()
+        return self.limit(self.param).detach()
 
     def init_from_height(self, h: torch.Tensor) -> None:
         with torch.no_grad():
@@ -136,9 +151,16 @@ class ZernikeSurface(Surface):
         self.register_buffer("basis", basis, persistent=False)
         self.param = nn.Parameter(torch.zeros(terms))
 
+    @property
+    def step_scale(self) -> float:
+        return 1.0  # coefficients are in units of `unit`
+
     def height(self) -> torch.Tensor:
-        h = torch.einsum("j,jyx->yx", self.param, self.basis) * self.max_height
-        return wrap(h, self.max_height)
+        h = torch.einsum("j,jyx->yx", self.param, self.basis) * self.unit
+        if not self.wrapped:  # a sag: piston removed over the aperture, zero outside it
+            inside = self.basis[0] != 0
+            h = torch.where(inside, h - h[inside].min(), torch.zeros_like(h))
+        return self.limit(h)
 
     def init_from_height(self, h: torch.Tensor) -> None:
         # least squares on the (unwrapped) map is ill-posed after wrapping; start flat
@@ -163,8 +185,14 @@ class FourierSurface(Surface):
         a = n // 2 - k // 2
         spec = spec.index_put((torch.arange(a, a + k, device=c.device)[:, None],
                                torch.arange(a, a + k, device=c.device)[None, :]), c)
-        h = torch.fft.ifft2(torch.fft.ifftshift(spec), norm="ortho").real * self.max_height
-        return wrap(h, self.max_height)
+        h = torch.fft.ifft2(torch.fft.ifftshift(spec), norm="ortho").real * self.unit
+        if not self.wrapped:
+            h = h - h.min()
+        return self.limit(h)
+
+    @property
+    def step_scale(self) -> float:
+        return 1.0  # coefficients are in units of `unit`
 
     def init_from_height(self, h: torch.Tensor) -> None:
         with torch.no_grad():
@@ -184,3 +212,34 @@ def make_surface(kind: str, n: int, pitch: float, max_height: float, min_feature
     if kind == "fourier":
         return FourierSurface(n, pitch, max_height, fourier_fraction)
     raise ValueError(f"unknown parameterization {kind!r}")
+
+
+class HybridSurface(Surface):
+    """A fixed refractive base sag (N, N) in metres plus a diffractive `inner` surface wrapped at one wave on top,
+    clamped to [0, max_height]; the parameters are the inner surface's."""
+
+    kind = "hybrid"
+
+    def __init__(self, inner: Surface, base: torch.Tensor, max_height: float) -> None:
+        super().__init__(inner.n, inner.pitch, max_height)
+        self.inner = inner
+        self.unit = inner.unit
+        self.wrapped = False
+        self.register_buffer("base", base.to(torch.float32), persistent=False)
+
+    @property
+    def step_scale(self) -> float:
+        return self.inner.step_scale
+
+    def height(self) -> torch.Tensor:
+        return self.limit(self.base + self.inner.height())
+
+    def relief(self) -> torch.Tensor:
+        """The diffractive relief alone (N, N), m."""
+        return self.inner.height()
+
+    def init_from_height(self, h: torch.Tensor) -> None:
+        """Start the relief flat: the base lens already focuses."""
+        with torch.no_grad():
+            for p in self.inner.parameters():
+                p.zero_()

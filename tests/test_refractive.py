@@ -146,3 +146,20 @@ def test_bad_refractive_input_is_one_line_and_exit_2(tmp_path: Path) -> None:
     r = run_cli("export", run, "--process", "multilevel", "--out", tmp_path / "x")
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert "--process" in r.stderr and "multilevel" in r.stderr and not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("element", ["refractive", "hybrid"])
+@pytest.mark.parametrize("kind", ["pixel", "radial", "zernike", "fourier"])
+def test_sags_stay_within_zero_and_max_height_and_train(element: str, kind: str) -> None:
+    spec = parse_spec(refractive_dict(element=element, parameterization=kind, zernike_terms=15))
+    s = make_element_surface(spec, 64)
+    init_surface(s, spec)
+    with torch.no_grad():
+        for p in s.parameters():
+            p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(1)) * s.step_scale * 3)
+    h = s.height()
+    lo, hi = float(h.detach().min()), float(h.detach().max())
+    assert lo >= 0.0 and hi <= spec.max_height_m
+    assert hi - lo > 2 * spec.wave_height_m  # unwrapped: deeper than a wrapped relief
+    (h * torch.linspace(0, 1, 64)).sum().backward()
+    assert any(p.grad is not None and float(p.grad.abs().sum()) > 0 for p in s.parameters())

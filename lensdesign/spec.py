@@ -111,7 +111,9 @@ class Optics(_Model):
     max_height: Length | Literal["auto"] = "auto"
     padding: float = Field(2.0, ge=1.0, le=4.0, description="padded grid width / aperture grid width")
     propagator: Literal["auto", "transfer", "impulse", "asm"] = "auto"
-    zernike_terms: int = Field(36, ge=3, le=1000)
+    zernike_terms: Annotated[int, Field(ge=3, le=1000)] | Literal["auto"] = Field(
+        "auto", description="Noll terms of parameterization zernike; auto: 36, or 136 (radial orders ≤ 15) for a "
+        "refractive sag")
     fourier_fraction: float = Field(0.625, gt=0.0, le=1.0, description="kept fraction of the frequency band")
 
     @field_validator("material")
@@ -311,6 +313,13 @@ class Spec(_Model):
         return self.refractive_indices[i]
 
     @property
+    def zernike_term_count(self) -> int:
+        """Zernike terms of parameterization zernike: given, or 36 (136 for a refractive sag)."""
+        if self.optics.zernike_terms != "auto":
+            return int(self.optics.zernike_terms)
+        return 136 if self.optics.element == "refractive" else 36
+
+    @property
     def wave_height_m(self) -> float:
         """Height of one 2π wave at the design wavelength (m): λ / (n(λ) − 1)."""
         return self.design_wavelength_m / (self.design_index - 1.0)
@@ -357,7 +366,7 @@ def _format_loc(loc: tuple[Any, ...]) -> str:
                    "list[function-before[<lambda>(), float]]", "function-before[<lambda>(), float]", "literal['auto']",
                    "literal['auto','cpu','cuda']", "str-enum", "list[float]"):
             continue
-        elif isinstance(p, str) and ("[" in p or "function-" in p or p.startswith("literal")):
+        elif isinstance(p, str) and ("[" in p or "function-" in p or p.startswith(("literal", "constrained-"))):
             continue
         else:
             name = str(p)

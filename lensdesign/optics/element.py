@@ -79,7 +79,7 @@ def make_element_surface(spec: Spec, n: int) -> Surface:
 
     def build(max_height: float) -> Surface:
         return make_surface(o.parameterization, n, o.pitch, max_height, spec.fabrication.min_feature, o.aperture,
-                            o.zernike_terms, o.fourier_fraction)
+                            spec.zernike_term_count, o.fourier_fraction)
 
     if o.element == "diffractive":
         return build(spec.max_height_m)

@@ -458,40 +458,8 @@ def calibration_figure(cal: np.ndarray, sim: np.ndarray, depths: list[float], wa
     return buf.getvalue()
 
 
-_PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>PSF calibration: {{ r.run }}</title>
-<style>body{font-family:sans-serif;max-width:70em;margin:2em auto}table{border-collapse:collapse}
-td,th{border:1px solid #ccc;padding:.2em .5em;text-align:right}th{background:#eee}</style></head><body>
-<h1>PSF calibration</h1>
-<p>Run <code>{{ r.run }}</code>; captures {{ r.captures | join(', ') }}{% if r.dark %}; dark frame {{ r.dark }}{% endif %}
-{% if r.bayer %}; raw Bayer {{ r.bayer }} split at half resolution{% endif %}. PSF window {{ r.psf_shape[2] }} ×
-{{ r.psf_shape[3] }} pixels at {{ '%.3g' % (r.pitch_m * 1e6) }} µm, {{ r.normalization }}. Centring: {{ r.centring }}.
-Compared with the simulated PSF of the {{ r.simulated }}.</p>
-<p>Largest relative L2 distance ‖calibrated − simulated‖ / ‖simulated‖: <b>{{ '%.2f' % (100 * r.max_relative_l2) }} %</b></p>
-<table><tr><th>depth</th><th>λ (nm)</th><th>peak share cal. / sim.</th><th>FWHM cal. / sim. (µm)</th>
-<th>80 % EE radius cal. / sim. (µm)</th><th>relative L2</th></tr>
-{% for p in r.psfs %}<tr><td>{{ 'inf' if p.depth_m is none else '%g m' % p.depth_m }}</td>
-<td>{{ '%.0f' % (p.wavelength_m * 1e9) }}</td>
-<td>{{ '%.4f' % p.calibrated.peak_fraction }} / {{ '%.4f' % p.simulated.peak_fraction }}</td>
-<td>{{ '%.2f' % p.calibrated.fwhm_um }} / {{ '%.2f' % p.simulated.fwhm_um }}</td>
-<td>{{ '%.2f' % p.calibrated.ee80_radius_um }} / {{ '%.2f' % p.simulated.ee80_radius_um }}</td>
-<td>{{ '%.2f %%' % (100 * p.relative_l2) }}</td></tr>
-{% endfor %}</table>
-<h2>Captures</h2>
-<table><tr><th>capture</th><th>depth</th><th>position (px)</th><th>background</th><th>noise σ</th><th>hot pixels</th>
-<th>peak SNR</th></tr>
-{% for f in r.frames %}<tr><td>{{ f.capture }}</td><td>{{ 'inf' if f.depth_m is none else '%g m' % f.depth_m }}</td>
-<td>{{ f.position_px | join(', ') }}</td><td>{{ f.background | join(', ') }}</td><td>{{ f.noise_sigma | join(', ') }}</td>
-<td>{{ f.hot_pixels }}</td><td>{{ f.peak_snr }}</td></tr>
-{% endfor %}</table>
-<p><img src="calibration.png" alt="calibrated and simulated PSFs per depth and wavelength" style="max-width:100%"></p>
-</body></html>
-"""
-
-
 def calibration_page(report: dict[str, Any]) -> str:
-    """The calibration report as a small HTML page (jinja2, autoescaped)."""
-    import jinja2
+    """The calibration report as a small HTML page (templates/calibration.html.j2, autoescaped)."""
+    from lensdesign.analysis.report_page import environment
 
-    env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
-    return env.from_string(_PAGE).render(r=report)
+    return environment().get_template("calibration.html.j2").render(r=report)

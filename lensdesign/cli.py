@@ -13,6 +13,7 @@ import sys
 
 import typer
 
+from lensdesign import memory
 from lensdesign.errors import LensdesignError
 
 app = typer.Typer(
@@ -33,6 +34,7 @@ COMMAND_MODULES = [
     "lensdesign.commands.camera",
 ]
 
+memory.configure()  # before the commands import torch: large CPU buffers stay mapped (see lensdesign.memory)
 for _name in COMMAND_MODULES:
     importlib.import_module(_name).register(app)
 

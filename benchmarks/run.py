@@ -10,7 +10,8 @@ from pathlib import Path
 
 import torch
 
-SECTIONS = ["benchmarks.bench_psf", "benchmarks.bench_export", "benchmarks.bench_distributed", "benchmarks.bench_hankel"]
+SECTIONS = ["benchmarks.bench_psf", "benchmarks.bench_export", "benchmarks.bench_distributed", "benchmarks.bench_hankel",
+            "benchmarks.bench_step2d"]
 
 
 def main() -> None:

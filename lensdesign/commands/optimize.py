@@ -119,6 +119,85 @@ def _gain_line(summary: dict[str, Any]) -> str:
     return f"design {', '.join(parts)}; quantization costs {gd['quantization_loss']:.2f} dB"
 
 
+def _run_spec(s: Spec, spec: Path, out: Path, steps: int | None, seed: int | None, resume: bool, force: bool) -> Spec:
+    """The spec the run trains: the run's own spec.yaml for --resume (the given one must match it), else `s` with
+    --steps / --seed applied; refuses an --out that is a file or already holds a run without --force."""
+    if resume:
+        from lensdesign.rundir import CHECKPOINT, RunDir
+
+        prev = RunDir(out)
+        if not (out / CHECKPOINT).is_file() or not prev.has_spec():
+            raise LensdesignError(f"{out}: no checkpoint to resume from; run without --resume")
+        run_spec = prev.load_spec()
+        for name, given, have in (("--steps", steps, run_spec.training.steps), ("--seed", seed, run_spec.training.seed)):
+            if given is not None and given != have:
+                raise LensdesignError(f"{name}: the run in {out} was started with {have}; resume with the same value "
+                                      "or start a new run with --force")
+        s.training.steps, s.training.seed = run_spec.training.steps, run_spec.training.seed
+        diff = spec_difference(s, run_spec)
+        if diff:
+            raise LensdesignError(f"{spec}: {diff} differs from the run's spec.yaml in {out}; resume with the same "
+                                  "spec or start a new run with --force")
+        s = run_spec
+    else:
+        if steps is not None:
+            s.training.steps = steps
+        if seed is not None:
+            s.training.seed = seed
+        if out.exists() and not out.is_dir():
+            raise LensdesignError(f"--out: {out} is a file; give a folder for the run")
+        if _is_run(out) and not force:
+            raise LensdesignError(f"{out}: already holds a run; pass --force to overwrite it, --resume to "
+                                  "continue it, or choose another --out")
+    return s
+
+
+def _header(s: Spec, g: Any, dev: Any) -> str:
+    """The run's one-line description: task, element grid, depths × wavelengths, reconstruction, steps, device."""
+    import torch
+
+    nt = torch.get_num_threads()
+    on = f"{dev} ({nt} thread{'s' if nt > 1 else ''})" if dev.type == "cpu" else str(dev)
+    r = s.reconstruction
+    rec = "Wiener" if r.kind == "wiener" else f"Wiener + U-Net ({r.unet_channels} channels, depth {r.unet_depth})"
+    sr = f", ×{s.sensor.superres_factor} super-resolution" if s.sensor.superres_factor > 1 else ""
+    return (f"optimize [bold]{s.name}[/bold] ({s.task}{sr}): {g.n} × {g.n} element at {g.dx * 1e6:.3g} um, "
+            f"{len(s.depths_m)} depths × {len(s.wavelengths)} wavelengths, {rec}, {s.training.steps} steps on {on}")
+
+
+def _train_with_progress(s: Spec, spec: Path, out: Path, dev: Any, resume: bool, checkpoint_every: int | None,
+                         no_eval: bool, dist: Any) -> Any:
+    """`run_optimization` under a progress bar (loss, validation PSNR, time left); on Ctrl-C, one line on how to
+    resume, then the interrupt goes on."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from lensdesign.optimize import run_optimization
+
+    columns = [TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("loss {task.fields[loss]}"), TextColumn("val PSNR {task.fields[val]} dB"),
+               TimeElapsedColumn(), TimeRemainingColumn()]
+    with Progress(*columns, console=console) as bar:
+        task = bar.add_task("optimizing", total=s.training.steps, loss="-", val="-")
+
+        def hook(r: Any, val: float | None, done: int) -> None:
+            bar.update(task, completed=done, loss=f"{r.loss:.3g}" if r else "-", val=f"{val:.2f}" if val is not None else "-")
+
+        try:
+            result = run_optimization(s, out, dev, resume=resume, checkpoint_every=checkpoint_every, progress=hook,
+                                      evaluate=not no_eval, log=lambda m: bar.console.print(m, soft_wrap=True),
+                                      dist=dist)
+            if dist is not None:
+                dist.close()  # the ranks' collectives are over (rank 0 still writes and evaluates)
+        except KeyboardInterrupt:
+            bar.stop()
+            again = ("the same torchrun command with --resume" if dist is not None
+                     else f"'lensdesign optimize {spec} --out {out} --resume'")
+            Console(stderr=True, quiet=console.quiet).print(f"interrupted: checkpoint saved; continue with {again}",
+                                                            soft_wrap=True)
+            raise
+    return result
+
+
 def register(app: typer.Typer) -> None:
     @app.command()
     def optimize(
@@ -152,42 +231,14 @@ def register(app: typer.Typer) -> None:
         from lensdesign.lock import ensure_unlocked, run_lock
 
         ensure_unlocked(out, "optimize")
-        if resume:
-            from lensdesign.rundir import CHECKPOINT, RunDir
-
-            prev = RunDir(out)
-            if not (out / CHECKPOINT).is_file() or not prev.has_spec():
-                raise LensdesignError(f"{out}: no checkpoint to resume from; run without --resume")
-            run_spec = prev.load_spec()
-            for name, given, have in (("--steps", steps, run_spec.training.steps), ("--seed", seed, run_spec.training.seed)):
-                if given is not None and given != have:
-                    raise LensdesignError(f"{name}: the run in {out} was started with {have}; resume with the same value "
-                                          "or start a new run with --force")
-            s.training.steps, s.training.seed = run_spec.training.steps, run_spec.training.seed
-            diff = spec_difference(s, run_spec)
-            if diff:
-                raise LensdesignError(f"{spec}: {diff} differs from the run's spec.yaml in {out}; resume with the same "
-                                      "spec or start a new run with --force")
-            s = run_spec
-        else:
-            if steps is not None:
-                s.training.steps = steps
-            if seed is not None:
-                s.training.seed = seed
-            if out.exists() and not out.is_dir():
-                raise LensdesignError(f"--out: {out} is a file; give a folder for the run")
-            if _is_run(out) and not force:
-                raise LensdesignError(f"{out}: already holds a run; pass --force to overwrite it, --resume to "
-                                      "continue it, or choose another --out")
+        s = _run_spec(s, spec, out, steps, seed, resume, force)
         if device is not None:
             s.training.device = device  # type: ignore[assignment]
 
         import torch
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
         from lensdesign.device import pick_device
         from lensdesign.optics.psf import plan_grid
-        from lensdesign.optimize import run_optimization
         from lensdesign.preflight import check_run
         from lensdesign.system import check_supported
 
@@ -208,36 +259,9 @@ def register(app: typer.Typer) -> None:
             torch.set_num_threads(threads or 1)
         elif threads:
             torch.set_num_threads(threads)
-        nt = torch.get_num_threads()
-        on = f"{dev} ({nt} thread{'s' if nt > 1 else ''})" if dev.type == "cpu" else str(dev)
-        r = s.reconstruction
-        rec = "Wiener" if r.kind == "wiener" else f"Wiener + U-Net ({r.unet_channels} channels, depth {r.unet_depth})"
-        sr = f", ×{s.sensor.superres_factor} super-resolution" if s.sensor.superres_factor > 1 else ""
-        console.print(f"optimize [bold]{s.name}[/bold] ({s.task}{sr}): {g.n} × {g.n} element at {g.dx * 1e6:.3g} um, "
-                      f"{len(s.depths_m)} depths × {len(s.wavelengths)} wavelengths, {rec}, {s.training.steps} steps on {on}")
+        console.print(_header(s, g, dev))
         t0 = time.monotonic()
-        columns = [TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                   TextColumn("loss {task.fields[loss]}"), TextColumn("val PSNR {task.fields[val]} dB"),
-                   TimeElapsedColumn(), TimeRemainingColumn()]
-        with Progress(*columns, console=console) as bar:
-            task = bar.add_task("optimizing", total=s.training.steps, loss="-", val="-")
-
-            def hook(r: Any, val: float | None, done: int) -> None:
-                bar.update(task, completed=done, loss=f"{r.loss:.3g}" if r else "-", val=f"{val:.2f}" if val is not None else "-")
-
-            try:
-                result = run_optimization(s, out, dev, resume=resume, checkpoint_every=checkpoint_every, progress=hook,
-                                          evaluate=not no_eval, log=lambda m: bar.console.print(m, soft_wrap=True),
-                                          dist=dist)
-                if dist is not None:
-                    dist.close()  # the ranks' collectives are over (rank 0 still writes and evaluates)
-            except KeyboardInterrupt:
-                bar.stop()
-                again = ("the same torchrun command with --resume" if dist is not None
-                         else f"'lensdesign optimize {spec} --out {out} --resume'")
-                Console(stderr=True, quiet=console.quiet).print(f"interrupted: checkpoint saved; continue with {again}",
-                                                                soft_wrap=True)
-                raise
+        result = _train_with_progress(s, spec, out, dev, resume, checkpoint_every, no_eval, dist)
         if result.stopped:
             console.print(f"[yellow]stopped early[/yellow]: {result.stopped}")
         if result.summary is not None:

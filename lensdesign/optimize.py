@@ -430,6 +430,34 @@ class RunResult:
 ProgressHook = Callable[[StepResult | None, float | None, int], None]
 
 
+def _start(spec: Spec, run: RunDir, trainer: Trainer, resume: bool, writer: bool, log: Callable[[str], None],
+           dist: Dist | None) -> int:
+    """The first step to train: the checkpoint's for `resume` (metrics.jsonl cut back to it), else 0 with the
+    spec written and old metrics removed (by the writing rank)."""
+    if resume:
+        start = load_checkpoint(run, trainer) if dist is None else _load_checkpoint_shared(run, trainer, dist)
+        if writer:
+            # the rollbacks the checkpoint has seen: each one halved its learning rates
+            _truncate_metrics(run / METRICS, start, events=round(-math.log2(trainer.lr_scale)))
+        log(f"resuming {run.path} at step {start} of {spec.training.steps}")
+        return start
+    if writer:
+        from lensdesign.rundir import SPEC, atomic_write_text
+
+        atomic_write_text(run / SPEC, spec.to_yaml())
+        (run / METRICS).unlink(missing_ok=True)
+    return 0
+
+
+def _tb_scalars(tb: Any, step: int, rec: dict[str, Any]) -> None:
+    """One step's TensorBoard points: loss, training PSNR, mean γ and, when validated, the validation PSNR."""
+    tb.add_scalar("loss", rec["loss"], step)
+    tb.add_scalar("psnr_db", rec["psnr_db"], step)
+    tb.add_scalar("gamma", float(np.mean(rec["gamma"])), step)
+    if "val_psnr_db" in rec:
+        tb.add_scalar("val_psnr_db", rec["val_psnr_db"], step)
+
+
 def run_optimization(spec: Spec, out: Path, device: torch.device, *, resume: bool = False, checkpoint_every: int | None = None,
                      progress: ProgressHook | None = None, evaluate: bool = True,
                      log: Callable[[str], None] = print, dist: Dist | None = None) -> RunResult:
@@ -445,18 +473,7 @@ def run_optimization(spec: Spec, out: Path, device: torch.device, *, resume: boo
     if writer:
         run.path.mkdir(parents=True, exist_ok=True)
     trainer = Trainer(spec, device, dist)
-    start = 0
-    if resume:
-        start = load_checkpoint(run, trainer) if dist is None else _load_checkpoint_shared(run, trainer, dist)
-        if writer:
-            # the rollbacks the checkpoint has seen: each one halved its learning rates
-            _truncate_metrics(run / METRICS, start, events=round(-math.log2(trainer.lr_scale)))
-        log(f"resuming {out} at step {start} of {spec.training.steps}")
-    elif writer:
-        from lensdesign.rundir import SPEC, atomic_write_text
-
-        atomic_write_text(run / SPEC, spec.to_yaml())
-        (run / METRICS).unlink(missing_ok=True)
+    start = _start(spec, run, trainer, resume, writer, log, dist)
     tb = _tensorboard(run / "tensorboard") if writer else None
     steps = spec.training.steps
     val_every = max(1, steps // 8)
@@ -487,11 +504,7 @@ def run_optimization(spec: Spec, out: Path, device: torch.device, *, resume: boo
             if writer:
                 run.append_metrics(rec)
             if tb is not None:
-                tb.add_scalar("loss", r.loss, r.step)
-                tb.add_scalar("psnr_db", r.psnr_db, r.step)
-                tb.add_scalar("gamma", float(np.mean(r.gamma)), r.step)
-                if "val_psnr_db" in rec:
-                    tb.add_scalar("val_psnr_db", rec["val_psnr_db"], r.step)
+                _tb_scalars(tb, r.step, rec)
             if progress is not None:
                 progress(r, val, step)
             now = time.monotonic()

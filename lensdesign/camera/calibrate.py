@@ -354,7 +354,7 @@ def calibrate(run_path: Path, captures: list[Path], out: Path, *, dark: Path | N
         to_channels,
     )
     from lensdesign.optics.psf import plan_grid
-    from lensdesign.rundir import RunDir, atomic_write_bytes, atomic_write_json
+    from lensdesign.rundir import RunDir
 
     check_choice("--bayer", bayer, BAYER_PATTERNS)
     run = RunDir(run_path).require()
@@ -402,13 +402,7 @@ def calibrate(run_path: Path, captures: list[Path], out: Path, *, dark: Path | N
         cal[i] = unit_sum(psf)
         frames_info.append({"capture": name, "depth_m": None if math.isinf(zs[i]) else zs[i], **info})
     pitch = g.sensor_pitch
-    rows = []
-    for i, z in enumerate(zs):
-        for c, wl in enumerate(wls):
-            rows.append({"depth_m": None if math.isinf(z) else z, "wavelength_m": wl,
-                         "calibrated": psf_measures(cal[i, c], pitch), "simulated": psf_measures(sim[i, c], pitch),
-                         "relative_l2": round(relative_l2(cal[i, c], sim[i, c]), 5),
-                         "model_share": round(float(shares[i, c]), 5)})
+    rows = _psf_rows(cal, sim, shares, zs, wls, pitch)
     report = {
         "run": str(run_path), "psf_file": "psf.npz", "psf_shape": list(cal.shape), "pitch_m": pitch,
         "depths_m": [None if math.isinf(z) else z for z in zs], "wavelengths_m": wls,
@@ -420,17 +414,36 @@ def calibrate(run_path: Path, captures: list[Path], out: Path, *, dark: Path | N
         "frames": frames_info, "psfs": rows,
         "max_relative_l2": round(max(r["relative_l2"] for r in rows), 5),
     }
+    _write_calibration(out, report, cal, sim, zs, wls, pitch)
+    return report
+
+
+def _psf_rows(cal: np.ndarray, sim: np.ndarray, shares: np.ndarray, zs: list[float], wls: list[float],
+              pitch: float) -> list[dict[str, Any]]:
+    """One report row per (depth, wavelength): PSF measures of the calibrated and simulated PSF (pitch in m),
+    their relative L2 distance and the share of the capture the model explains."""
+    return [{"depth_m": None if math.isinf(z) else z, "wavelength_m": wl,
+             "calibrated": psf_measures(cal[i, c], pitch), "simulated": psf_measures(sim[i, c], pitch),
+             "relative_l2": round(relative_l2(cal[i, c], sim[i, c]), 5), "model_share": round(float(shares[i, c]), 5)}
+            for i, z in enumerate(zs) for c, wl in enumerate(wls)]
+
+
+def _write_calibration(out: Path, report: dict[str, Any], cal: np.ndarray, sim: np.ndarray, zs: list[float],
+                       wls: list[float], pitch: float) -> None:
+    """OUT/psf.npz (PSFs (D, C, P, P), depths, wavelengths, pitch in m) and the report as json, html and png; every
+    file built in memory first and written atomically."""
+    from lensdesign.rundir import atomic_write_bytes, atomic_write_json
+
     buf = io.BytesIO()
-    depth_arr = np.array(zs, dtype=np.float64)
-    np.savez(buf, psf=cal.astype(np.float32), depths_m=depth_arr, wavelengths_m=np.array(wls, dtype=np.float64),
-             pitch_m=np.float64(pitch))
+    np.savez(buf, psf=cal.astype(np.float32), depths_m=np.array(zs, dtype=np.float64),
+             wavelengths_m=np.array(wls, dtype=np.float64), pitch_m=np.float64(pitch))
     figure = calibration_figure(cal, sim, zs, wls)
+    page = calibration_page(report).encode()
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out / "calibration.png", figure)
     atomic_write_json(out / "calibration.json", report)
-    atomic_write_bytes(out / "calibration.html", calibration_page(report).encode())
+    atomic_write_bytes(out / "calibration.html", page)
     atomic_write_bytes(out / "psf.npz", buf.getvalue())
-    return report
 
 
 def _depth_label(z: float) -> str:

@@ -321,6 +321,9 @@ def test_second_writer_refused_and_a_killed_writers_lock_taken_over(tmp_path: Pa
     assert third.returncode == 0, third.stderr
     assert f"left by pid {first.pid}" in _flat(third.stdout)
     assert not (run / LOCK).exists() and (run / "design.safetensors").is_file()
+    with run_lock(run, "optimize"):  # a report of a run that is being rewritten is refused too
+        _one_line_error(cli("report", run, "--samples", "0"), f"pid {os.getpid()}, optimize")
+    assert not (run / "report").exists()
 
 
 # ---- summaries of U-Net runs ---------------------------------------------------------------------------------

@@ -32,6 +32,7 @@ def register(app: typer.Typer) -> None:
         from lensdesign.analysis.report import ReportSettings, build_report
         from lensdesign.device import pick_device
         from lensdesign.errors import LensdesignError
+        from lensdesign.lock import run_lock
         from lensdesign.rundir import RunDir
 
         RunDir(run).require().load_design()  # fail with one line before any progress output
@@ -51,7 +52,8 @@ def register(app: typer.Typer) -> None:
                     tasks[stage] = prog.add_task(stage, total=max(total, 1))
                 prog.update(tasks[stage], completed=done, total=max(total, 1))
 
-            rep = build_report(run, settings, progress)
+            with run_lock(run, "report", create=False):  # an optimize or export rewriting the run is refused
+                rep = build_report(run, settings, progress)
         dest = out if out is not None else run / "report"
         fab = rep["fabrication"]
         ab = fab["as_built"]

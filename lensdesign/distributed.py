@@ -184,8 +184,6 @@ class Dist:
     def psfs(self, pipe: Any, height: torch.Tensor, extra: list[float]) -> tuple[torch.Tensor, torch.Tensor]:
         """(reference PSFs (R, C, P, P), PSFs at `extra` depths (E, C, P, P)) like `Pipeline.psfs`, each rank
         computing the PSFs of its block of the R + E depths; the stacks are gathered on every rank."""
-        from lensdesign.optics.psf import PSFStack
-
         optics = pipe.optics
         r = optics.src.shape[0]
         total = r + len(extra)
@@ -198,7 +196,7 @@ class Dist:
         h = height.to(pipe.device, torch.float32)
         w, p = len(optics.wavelengths), optics.grid.psf_size
         if parts:
-            local = PSFStack.apply(h, optics, torch.cat(parts) if len(parts) > 1 else parts[0])
+            local = pipe.stack(h, torch.cat(parts) if len(parts) > 1 else parts[0])
         else:  # more ranks than depths: nothing to compute, but stay in the graph so the backward collective runs
             local = h.new_zeros(0, w, p, p) + (h.sum() * 0 if h.requires_grad else 0)
         full = gather_psfs(local, self, [split(total, self.world, i) for i in range(self.world)])

@@ -110,7 +110,9 @@ class Optics(_Model):
     parameterization: Literal["pixel", "radial", "zernike", "fourier"] = "pixel"
     max_height: Length | Literal["auto"] = "auto"
     padding: float = Field(2.0, ge=1.0, le=4.0, description="padded grid width / aperture grid width")
-    propagator: Literal["auto", "transfer", "impulse", "asm"] = "auto"
+    propagator: Literal["auto", "transfer", "impulse", "asm", "hankel"] = Field(
+        "auto", description="auto: the 1-D (Hankel) path for a radial parameterization, else the 2-D propagator the "
+        "sampling criterion picks; transfer / impulse / asm: that 2-D propagator; hankel: the 1-D path (radial only)")
     zernike_terms: Annotated[int, Field(ge=3, le=1000)] | Literal["auto"] = Field(
         "auto", description="Noll terms of parameterization zernike; auto: 36, or 136 (radial orders ≤ 15) for a "
         "refractive sag")
@@ -262,6 +264,11 @@ class Spec(_Model):
                              "over the sag, e.g. 1024)")
         if self.task == "superres" and self.sensor.superres_factor < 2:
             raise ValueError("task superres needs sensor.superres_factor of 2 or more")
+        if self.optics.propagator == "hankel" and (self.optics.parameterization != "radial" or self.optics.element == "hybrid"):
+            what = (f"parameterization {self.optics.parameterization}" if self.optics.parameterization != "radial"
+                    else "a hybrid element (its refractive base is not made of rings)")
+            raise ValueError(f"optics.propagator: hankel (the 1-D path) needs a rotationally symmetric ring design, not "
+                             f"{what}; use parameterization radial, or propagator auto, transfer, impulse or asm")
         return self
 
     # ---- derived quantities (SI) -------------------------------------------------------------------------

@@ -208,11 +208,20 @@ class Pipeline:
     Scenes, PSFs, reconstructions and targets are on the simulation's sensor grid: the fine grid (pixel pitch / k)
     for super-resolution; only the sensor images themselves are k times coarser."""
 
-    def __init__(self, spec: Spec, device: torch.device | str = "cpu") -> None:
+    def __init__(self, spec: Spec, device: torch.device | str = "cpu", radial: bool | None = None) -> None:
+        """`radial`: compute PSFs on the 1-D ring path (`optics.hankel`) or the 2-D grid; None: the spec's choice
+        (`choose_path`). Height maps stay (N, N) on the element grid either way; the ring path reads the rings
+        back from them, so it serves ring designs only (the 2-D path serves every element)."""
+        from lensdesign.optics.hankel import RadialSystem, choose_path
+
         self.spec = spec
         self.task = make_task(spec)
         self.device = torch.device(device)
-        self.optics = OpticalSystem(spec, self.device, depths=self.task.reference_depths())
+        self.radial = choose_path(spec).radial if radial is None else radial
+        depths = self.task.reference_depths()
+        self.optics: OpticalSystem | RadialSystem = (
+            RadialSystem(spec, self.device, depths=depths, nearest=min(spec.depths_m)) if self.radial
+            else OpticalSystem(spec, self.device, depths=depths))
         self.psf_size = self.optics.grid.psf_size
         self.margin = psf_margin(self.psf_size)
         self.channels = len(spec.wavelengths)
@@ -226,9 +235,17 @@ class Pipeline:
         src = self.optics.src
         if extra_depths:
             src = torch.cat([src, self.optics.source_waves(extra_depths)])
-        stack = PSFStack.apply(height.to(self.device, torch.float32), self.optics, src)
+        stack = self.stack(height, src)
         r = self.optics.src.shape[0]
         return stack[:r], stack[r:]
+
+    def stack(self, height: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
+        """PSF stack (D, C, P, P) of a height map (N, N) in metres for source waves `src` from
+        `optics.source_waves` (any block of depths), on the pipeline's path; differentiable."""
+        h = height.to(self.device, torch.float32)
+        if self.radial:
+            return self.optics.stack(self.optics.profile_of(h), src)  # type: ignore[union-attr]
+        return PSFStack.apply(h, self.optics, src)
 
     def irradiance(self, scenes: torch.Tensor, psf: torch.Tensor) -> torch.Tensor:
         """Noise-free sensor images (B, C, H / k, W / k) of scene crops (B, C, H + P − 1, W + P − 1) blurred by

@@ -46,6 +46,7 @@ def memory_estimate(spec: Spec) -> dict[str, float]:
 def check_spec(spec: Spec) -> Table:
     """A table describing how `spec` will be simulated (raises SpecError when it cannot be)."""
     from lensdesign.optics.element import check_sag_sampling, max_sag_sampled
+    from lensdesign.optics.hankel import choose_path, choose_radial_propagator, ring_count, ring_width
     from lensdesign.optics.psf import plan_grid
     from lensdesign.units import defocus_w020_m
 
@@ -77,7 +78,15 @@ def check_spec(spec: Spec) -> Table:
     t.add_row("padded grid", f"{g.m} × {g.m} ({g.m * g.dx * 1e3:.3g} mm)")
     nf = ", ".join(f"{(o.aperture / 2) ** 2 / (w * o.sensor_distance):.0f}" for w in spec.wavelengths)
     t.add_row("Fresnel number", nf)
-    t.add_row("propagator", f"{g.choice.kind}: {g.choice.reason}")
+    path = choose_path(spec)
+    if path.radial:
+        form = choose_radial_propagator(g)
+        t.add_row("PSF path", f"1-D (Hankel), {ring_count(g.n, g.dx, ring_width(spec))} rings of "
+                  f"{fmt_len(ring_width(spec))}: {path.reason}")
+        t.add_row("propagator", f"{form.kind}: {form.reason}")
+    else:
+        t.add_row("PSF path", f"2-D grid: {path.reason}")
+        t.add_row("propagator", f"{g.choice.kind}: {g.choice.reason}")
     t.add_row("sensor", f"{spec.sensor.resolution[0]} × {spec.sensor.resolution[1]} px at {fmt_len(spec.sensor.pixel_pitch)}"
               + (f", super-resolution ×{spec.sensor.superres_factor}" if spec.sensor.superres_factor > 1 else ""))
     t.add_row("PSF window", f"{g.psf_size} × {g.psf_size} px at {fmt_len(g.sensor_pitch)} "

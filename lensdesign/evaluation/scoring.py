@@ -202,6 +202,15 @@ class Evaluator:
             self._pipe = Pipeline(self.spec, self.device)
         return self._pipe
 
+    def on_grid(self) -> Evaluator:
+        """An evaluator of the same spec, device and scenes on the 2-D path: for elements that are not ring designs
+        (the cubic plate) when this one's pipeline is on the 1-D ring path; this evaluator itself otherwise."""
+        if not self.pipe.radial:
+            return self
+        ev = Evaluator(self.spec, self.device, Pipeline(self.spec, self.device, radial=False))
+        ev._scenes = self._scenes
+        return ev
+
     def threads(self) -> AbstractContextManager[None]:
         """Context: one CPU thread while evaluating (torch's thread count restored on exit)."""
         return single_thread(self.device)

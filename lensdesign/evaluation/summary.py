@@ -36,7 +36,8 @@ def _baselines(ev: Evaluator, design: dict[str, Any], q: Callable[[torch.Tensor]
     spec = ev.spec
     n = ev.pipe.optics.grid.n
     fz = _depth(spec.focus_depth_m)
-    fh = fresnel_height(spec, n).float()
+    # on the 1-D path the Fresnel lens is a ring design too (each ring at its centre's phase)
+    fh = (ev.pipe.optics.lens_map() if ev.pipe.radial else fresnel_height(spec, n)).float()  # type: ignore[union-attr]
     fresnel = ev.evaluate_height(fh, seed=seed)
     fresnel["quantized"] = ev.evaluate_height(q(fh), seed=seed)
     fresnel["focus_depth_m"] = fz
@@ -51,10 +52,11 @@ def _baselines(ev: Evaluator, design: dict[str, Any], q: Callable[[torch.Tensor]
         baselines["bicubic"] = bicubic
         gains["vs_bicubic"] = round(design["mean_psnr_db"] - bicubic["mean_psnr_db"], 4)
     else:
-        alpha, _ = tune_cubic(ev, n, seed, log)
+        grid = ev.on_grid()  # a cubic plate is not a ring design: the 2-D path
+        alpha, _ = tune_cubic(grid, n, seed, log)
         ch = cubic_height(spec, n, alpha).float()
-        cubic = ev.evaluate_height(ch, seed=seed)
-        cubic["quantized"] = ev.evaluate_height(q(ch), seed=seed)
+        cubic = grid.evaluate_height(ch, seed=seed)
+        cubic["quantized"] = grid.evaluate_height(q(ch), seed=seed)
         cubic["strength_waves"] = round(alpha, 4)
         cubic["focus_depth_m"] = fz
         baselines["cubic"] = cubic

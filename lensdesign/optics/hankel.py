@@ -84,13 +84,21 @@ def render_rings(profile: torch.Tensor, n: int, pitch: float, width: float) -> t
     return profile[torch.clamp(torch.floor(r / width).long(), max=profile.shape[0] - 1)]
 
 
+@functools.lru_cache(maxsize=8)
+def ring_samples(n: int, pitch: float, width: float, rings: int) -> torch.Tensor:
+    """Flat index (J,) into an (n, n) grid of one sample inside each ring, with the ring of a sample computed as
+    `render_rings` computes it (floating-point edges included); rings with no sample take the last one."""
+    x = (torch.arange(n, dtype=torch.float64) - n // 2) * pitch
+    idx = torch.floor(torch.sqrt(x[:, None] ** 2 + x[None, :] ** 2) / width).long().clamp_(max=rings - 1).reshape(-1)
+    first = torch.full((rings,), n * n - 1, dtype=torch.long)
+    return first.scatter_reduce_(0, idx, torch.arange(n * n), reduce="amin")
+
+
 def profile_from_height(height: torch.Tensor, pitch: float, width: float, rings: int) -> torch.Tensor:
-    """Ring heights (J,) (m) read back from a rendered (n, n) ring map: the sample on the axis row nearest each
-    ring's centre (rings past the grid's edge take the outermost sample); inverse of `render_rings` for ring maps."""
+    """Ring heights (J,) (m) read back from a rendered (n, n) ring map, one sample per ring (`ring_samples`):
+    the inverse of `render_rings` for ring maps, differentiable (a ring's gradient lands on its sample)."""
     n = height.shape[-1]
-    r = (torch.arange(rings, dtype=torch.float64) + 0.5) * width
-    i = torch.clamp(torch.round(r / pitch).long() + n // 2, max=n - 1)
-    return height[n // 2, i.to(height.device)]
+    return height.reshape(-1)[ring_samples(n, pitch, width, rings).to(height.device)]
 
 
 def lens_profile(spec: Spec, rings: int, width: float, focus_depth: float | None = None) -> torch.Tensor:
@@ -312,6 +320,30 @@ def asm_transfer_radial(f: np.ndarray, wavelength: float, z: float, f_cut: float
 
 
 @dataclass(frozen=True)
+class PathChoice:
+    """Which PSF path a spec's element uses: the 1-D ring path (`radial` True) or the 2-D grid, and why."""
+
+    radial: bool
+    reason: str
+
+
+def choose_path(spec: Spec) -> PathChoice:
+    """The PSF path of the spec's own element (`optics.propagator` and `parameterization`; baselines that are not
+    ring designs, such as the cubic plate, always take the 2-D path)."""
+    o = spec.optics
+    if o.propagator == "hankel":
+        return PathChoice(True, "optics.propagator hankel")
+    if o.parameterization != "radial":
+        return PathChoice(False, f"parameterization {o.parameterization} is not rotationally symmetric")
+    if o.element == "hybrid":
+        return PathChoice(False, "a hybrid element's refractive base is not made of rings")
+    if o.propagator != "auto":
+        return PathChoice(False, f"optics.propagator {o.propagator} requested")
+    return PathChoice(True, "parameterization radial: rings lit on axis through a circular aperture stay rotationally "
+                            "symmetric, so a 1-D integral over the radius gives the 2-D path's PSFs")
+
+
+@dataclass(frozen=True)
 class RadialChoice:
     """Which radial propagator (`fresnel` or `asm`) and why."""
 
@@ -380,7 +412,7 @@ class RadialSystem:
 
     def __init__(self, spec: Spec, device: torch.device | str = "cpu", depths: list[float] | None = None,
                  psf_size: int | None = None, bin_override: int | None = None, form: str = "auto",
-                 dtype: torch.dtype = torch.float32) -> None:
+                 dtype: torch.dtype = torch.float32, nearest: float | None = None) -> None:
         self.spec = spec
         self.grid = plan_grid(spec, psf_size=psf_size, bin_override=bin_override)
         self.device = torch.device(device)
@@ -411,7 +443,8 @@ class RadialSystem:
         self._scales = scales
         self.rho = np.arange(count) * self.d_rho
         rho_max = float(self.rho[-1])
-        self._vergence = max(self._vergence_of(z) for z in self.depths)
+        # the quadrature is planned for the nearest depth the system will see (`nearest`: e.g. random training depths)
+        self._vergence = max(self._vergence_of(z) for z in [*self.depths, *([nearest] if nearest else [])])
         k_max = 2 * math.pi / lam_min
         if fresnel:
             kernel_rate = 2 * math.pi * rho_max / (lam_min * self.z)
@@ -479,9 +512,24 @@ class RadialSystem:
 
         `depths` (m) other than the system's own are computed on the fly (no nearer than the system's nearest).
         """
-        src = self.src if depths is None else self.source_waves(depths)
+        return self.stack(profile, self.src if depths is None else self.source_waves(depths))
+
+    def stack(self, profile: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
+        """PSF stack (D, W, P, P) for ring heights `profile` (J,) in metres and source factors `src` (D, W, Q) from
+        `source_waves` (the radial counterpart of `PSFStack.apply(height, system, src)`)."""
         return radial_psf(profile.to(self.device, self.dtype), self.phase_per_m, src, self.ring, self.kernel,
                           self.pix, self.transfer, self.series)
+
+    def profile_of(self, height: torch.Tensor) -> torch.Tensor:
+        """Ring heights (J,) in metres of a ring map (N, N) rendered on the element grid (`render_rings`);
+        differentiable (each ring reads one sample, so its gradient is the ring's)."""
+        return profile_from_height(height, self.grid.dx, self.ring_width, self.rings)
+
+    def lens_map(self, focus_depth: float | None = None) -> torch.Tensor:
+        """The Fresnel lens as a ring design (`lens_profile`, each ring at its centre's phase) rendered on the element
+        grid, (N, N) float64 in metres: the Fresnel baseline of the 1-D path."""
+        prof = lens_profile(self.spec, self.rings, self.ring_width, focus_depth)
+        return render_rings(prof, self.grid.n, self.grid.dx, self.ring_width)
 
     def field(self, profile: torch.Tensor, depth: float, wavelength_index: int) -> torch.Tensor:
         """Complex field (K,) at the sensor radii `radii(wavelength_index)` for one depth and wavelength,

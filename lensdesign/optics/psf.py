@@ -94,7 +94,7 @@ def plan_grid(spec: Spec, psf_size: int | None = None, bin_override: int | None 
     if bin_override is not None:
         b = bin_override
     m = fft_size(math.ceil(n * o.padding))
-    choice = choose_propagator(dx, m * dx, wls, z, o.propagator)
+    choice = choose_propagator(dx, m * dx, wls, z, "auto" if o.propagator == "hankel" else o.propagator)
     if not choice.ok:
         raise SpecError(choice.reason)
     full = m // b

@@ -8,6 +8,7 @@ import copy
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
 from lensdesign.optics.hankel import RadialSystem, choose_path
@@ -83,9 +84,27 @@ def test_radial_run_end_to_end(tmp_path: Path, cli) -> None:
     r = cli("optimize", spec, "--out", run)
     assert r.returncode == 0, r.stderr
     s = json.loads((run / "summary.json").read_text())
-    assert set(s["baselines"]) == {"fresnel", "cubic"}
-    assert s["design"]["mean_psnr_db"] > s["baselines"]["fresnel"]["mean_psnr_db"]
+    assert set(s["baselines"]) == {"fresnel", "achromat", "cubic"}
+    base = s["baselines"]
+    assert s["design"]["mean_psnr_db"] > base["fresnel"]["mean_psnr_db"]
+    # the achromat focuses all three wavelengths at the focus depth: better than the Fresnel lens there
+    at_focus = {k: next(d["psnr_db"] for d in base[k]["per_depth"] if d["depth_m"] == pytest.approx(base[k]["focus_depth_m"]))
+                for k in ("fresnel", "achromat")}
+    assert at_focus["achromat"] > at_focus["fresnel"] + 0.5, at_focus
+    assert s["gain_db"]["vs_achromat"] == pytest.approx(s["design"]["mean_psnr_db"] - base["achromat"]["mean_psnr_db"], abs=1e-3)
     r = cli("export", run, "--gds")
     assert r.returncode == 0, r.stderr
     rules = json.loads((run / "export" / "tinyradial.rules.json").read_text())
     assert rules["parameterization"] == "radial" and rules["rings"] and "note" not in rules  # written as rings
+
+
+def test_achromat_baseline_command(tmp_path: Path, cli) -> None:
+    """`baseline --kind achromat` writes a ring design (exported as rings) trained to focus at the focus depth."""
+    spec = write_spec(tmp_path, HARD)  # a pixel spec: the achromat is a ring design all the same
+    run = tmp_path / "achromat"
+    r = cli("baseline", spec, "--kind", "achromat", "--out", run)
+    assert r.returncode == 0, r.stderr
+    meta = json.loads((run / "design.json").read_text())
+    assert meta["kind"] == "baseline-achromat" and meta["parameterization"] == "radial" and meta["ring_width_m"] > 0
+    r = cli("baseline", spec, "--kind", "achromat", "--strength", "3", "--out", tmp_path / "x")
+    assert r.returncode == 2 and "--kind achromat" in r.stderr and not (tmp_path / "x").exists()

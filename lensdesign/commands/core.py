@@ -119,20 +119,25 @@ def _baseline(app: typer.Typer) -> None:
     def baseline(
         spec: Annotated[Path, typer.Argument(help="spec YAML file")],
         out: Annotated[Path, typer.Option("--out", help="run directory to write")],
-        kind: Annotated[str, typer.Option("--kind", help="fresnel | cubic")] = "fresnel",
+        kind: Annotated[str, typer.Option("--kind", help="fresnel | cubic | achromat (rings trained to focus every "
+                                                          "wavelength at the focus depth)")] = "fresnel",
         strength: Annotated[float | None, typer.Option(help="cubic strength α in waves (default from the depth range)")] = None,
         focus_depth: Annotated[str | None, typer.Option("--focus-depth", help="focus depth, e.g. '1 m' or inf")] = None,
         force: Annotated[bool, typer.Option("--force", help="overwrite an existing run directory")] = False,
     ) -> None:
-        """Write a run directory for a reference design: a Fresnel lens or a cubic phase plate."""
+        """Write a run directory for a reference design: a Fresnel lens, a cubic phase plate or a diffractive
+        achromat (Peng et al. 2016: a ring design trained with the focus task on the 1-D path)."""
         from lensdesign.baselines import cubic_height, default_cubic_strength, fresnel_height
         from lensdesign.optics.psf import plan_grid
         from lensdesign.rundir import RunDir, design_meta
         from lensdesign.spec import parse_length
 
         s = load_spec(spec)
-        if kind not in ("fresnel", "cubic"):
-            raise LensdesignError(f"--kind: unknown baseline {kind!r}; use fresnel or cubic")
+        if kind not in ("fresnel", "cubic", "achromat"):
+            raise LensdesignError(f"--kind: unknown baseline {kind!r}; use fresnel, cubic or achromat")
+        if kind == "achromat" and (strength is not None or focus_depth is not None):
+            raise LensdesignError("--kind achromat: it focuses at the spec's scene.focus_depth and has no strength; "
+                                  "drop --strength / --focus-depth")
         fd = None
         if focus_depth is not None:
             try:
@@ -144,17 +149,26 @@ def _baseline(app: typer.Typer) -> None:
         if run.has_design() and not force:
             raise LensdesignError(f"{out}: already holds a design; pass --force to overwrite or choose another --out")
         fdm = s.focus_depth_m if fd is None else fd
+        tensors = None
         if kind == "fresnel":
             h = fresnel_height(s, g.n, fdm)
             extra = {"focus_depth_m": None if math.isinf(fdm) else fdm}
+        elif kind == "achromat":
+            from lensdesign.achromat import achromat_design
+
+            h, prof, width = achromat_design(s, log=console.print)
+            extra = {"focus_depth_m": None if math.isinf(fdm) else fdm, "ring_width_m": width}
+            tensors = {"radial_profile_m": prof}
         else:
             a = default_cubic_strength(s) if strength is None else strength
             h = cubic_height(s, g.n, a, fdm)
             extra = {"focus_depth_m": None if math.isinf(fdm) else fdm, "cubic_strength_waves": a}
         meta = design_meta(s, f"baseline-{kind}", g.n, **extra)
-        meta["parameterization"] = "pixel"
+        meta["parameterization"] = "radial" if kind == "achromat" else "pixel"
         meta["element"] = "diffractive"  # the reference lenses are diffractive reliefs whatever the spec's element
-        run.write_design(s, h.float(), meta)
+        if kind == "achromat" and s.optics.element != "diffractive":
+            meta["max_height_m"] = s.wave_height_m  # as `achromat_spec`: a relief of one wave
+        run.write_design(s, h.float(), meta, tensors)
         console.print(f"wrote {kind} baseline ({g.n} × {g.n} at {fmt_len(g.dx)}) to {out}")
 
 

@@ -30,7 +30,8 @@ def _depth(z: float) -> float | None:
 
 def _baselines(ev: Evaluator, design: dict[str, Any], q: Callable[[torch.Tensor], torch.Tensor], seed: int,
                log: Callable[[str], None] | None) -> tuple[dict[str, Any], dict[str, float]]:
-    """(baselines, gains in dB) of summary.json: the Fresnel lens, then bicubic (superres) or a tuned cubic plate."""
+    """(baselines, gains in dB) of summary.json: the Fresnel lens, the diffractive achromat (ring designs on the
+    1-D path, edof / focus), then bicubic (superres) or a tuned cubic plate."""
     from lensdesign.baselines import cubic_height, fresnel_height
 
     spec = ev.spec
@@ -44,6 +45,15 @@ def _baselines(ev: Evaluator, design: dict[str, Any], q: Callable[[torch.Tensor]
     fresnel["reconstruction"] = "wiener"
     baselines: dict[str, Any] = {"fresnel": fresnel}
     gains = {"vs_fresnel": round(design["mean_psnr_db"] - fresnel["mean_psnr_db"], 4)}
+    if ev.pipe.radial and spec.task in ("edof", "focus"):  # ring designs: the achromat costs little on the 1-D path
+        from lensdesign.achromat import ACHROMAT_STEPS, achromat_design
+
+        ah = achromat_design(spec, ev.device, log=log)[0]
+        achromat = ev.evaluate_height(ah, seed=seed)
+        achromat["quantized"] = ev.evaluate_height(q(ah), seed=seed)
+        achromat.update(focus_depth_m=fz, reconstruction="wiener", steps=ACHROMAT_STEPS)
+        baselines["achromat"] = achromat
+        gains["vs_achromat"] = round(design["mean_psnr_db"] - achromat["mean_psnr_db"], 4)
     if spec.task == "superres":
         with ev.threads():
             bicubic = ev.bench(fh, seed).report(None, upsampled=True)

@@ -8,6 +8,7 @@ import copy
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -92,6 +93,14 @@ def test_radial_run_end_to_end(tmp_path: Path, cli) -> None:
                 for k in ("fresnel", "achromat")}
     assert at_focus["achromat"] > at_focus["fresnel"] + 0.5, at_focus
     assert s["gain_db"]["vs_achromat"] == pytest.approx(s["design"]["mean_psnr_db"] - base["achromat"]["mean_psnr_db"], abs=1e-3)
+    r = cli("psf", run, "--out", tmp_path / "psf.npz")  # the 1-D path too: the design's own rings
+    assert r.returncode == 0, r.stderr
+    from safetensors.torch import load_file
+
+    prof = load_file(run / "design.safetensors")["radial_profile_m"]
+    want = RadialSystem(parse_spec(data)).psf(prof).numpy()
+    got = np.load(tmp_path / "psf.npz")["psf"]
+    assert got.shape == want.shape and np.abs(got - want).max() < 1e-6 * want.max()
     r = cli("export", run, "--gds")
     assert r.returncode == 0, r.stderr
     rules = json.loads((run / "export" / "tinyradial.rules.json").read_text())

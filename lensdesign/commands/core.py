@@ -184,6 +184,7 @@ def _psf(app: typer.Typer) -> None:
         import torch
 
         from lensdesign.device import pick_device
+        from lensdesign.optics.hankel import RadialSystem, choose_path
         from lensdesign.optics.psf import OpticalSystem
         from lensdesign.rundir import RunDir, atomic_write_bytes
 
@@ -194,9 +195,15 @@ def _psf(app: typer.Typer) -> None:
         s = r.load_spec()
         d = r.load_design(s)
         h = d.quantized() if quantized else d.height_m
-        system = OpticalSystem(s, device=pick_device(device))
+        ht = torch.as_tensor(np.asarray(h), dtype=torch.float32)
+        if choose_path(s).radial and d.parameterization == "radial":  # a ring design: the 1-D path
+            system: OpticalSystem | RadialSystem = RadialSystem(s, device=pick_device(device))
+            element = system.profile_of(ht)
+        else:
+            system = OpticalSystem(s, device=pick_device(device))
+            element = ht
         with torch.no_grad():
-            p = system.psf(torch.as_tensor(np.asarray(h), dtype=torch.float32)).cpu().numpy().astype(np.float32)
+            p = system.psf(element).cpu().numpy().astype(np.float32)
         pitch = system.grid.sensor_pitch
         depths = np.array(system.depths, dtype=np.float64)
         wls = np.array(system.wavelengths, dtype=np.float64)

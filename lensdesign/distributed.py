@@ -199,7 +199,7 @@ class Dist:
             local = pipe.stack(h, torch.cat(parts) if len(parts) > 1 else parts[0])
         else:  # more ranks than depths: nothing to compute, but stay in the graph so the backward collective runs
             local = h.new_zeros(0, w, p, p) + (h.sum() * 0 if h.requires_grad else 0)
-        full = gather_psfs(local, self, [split(total, self.world, i) for i in range(self.world)])
+        full = pipe.to_channels(gather_psfs(local, self, [split(total, self.world, i) for i in range(self.world)]))
         return full[:r], full[r:]
 
     def sensor(self, pipe: Any, scenes: torch.Tensor, psf: torch.Tensor, sigma: torch.Tensor, gen: torch.Generator,

@@ -162,6 +162,9 @@ class Sensor(_Model):
     bit_depth: int | None = Field(None, ge=1, le=16)
     psf_size: int | None = Field(None, ge=3, description="PSF window on the sensor, pixels (default: whole field)")
     superres_factor: int = Field(1, ge=1, le=8)
+    mosaic: Literal["none", "rggb", "bggr", "grbg", "gbrg"] = Field(
+        "none", description="Bayer colour filter array (2 × 2 tile from the top-left photosite); the reconstruction "
+        "starts from a bilinear demosaic")
 
     @field_validator("resolution")
     @classmethod
@@ -178,6 +181,23 @@ class Sensor(_Model):
             raise ValueError("read noise is a fraction of full scale in [0, 1], e.g. 0.005 or [0.001, 0.01]")
         if isinstance(v, tuple) and v[1] < v[0]:
             raise ValueError("read noise range must be [low, high]")
+        return v
+
+
+class Spectrum(_Model):
+    """Broadband channels: a camera's spectral sensitivities (or a CSV) × an illuminant, `samples` wavelengths
+    per channel (see `lensdesign.spectral`). The channel wavelengths (`wavelengths`) are then derived."""
+
+    camera: str | None = Field(None, description="a colour-science camera set, e.g. 'Nikon 5100 (NPL)'")
+    csv: str | None = Field(None, description="CSV of wavelength nm, R, G, B sensitivities")
+    illuminant: str = "D65"
+    samples: int = Field(7, description="wavelengths per channel")
+
+    @field_validator("samples")
+    @classmethod
+    def _samples(cls, v: int) -> int:
+        if v < 1 or v > 32:
+            raise ValueError(f"{v} wavelengths per channel: give 1 … 32, e.g. 7")
         return v
 
 
@@ -226,6 +246,7 @@ class Spec(_Model):
     optics: Optics
     wavelengths: list[Length] = Field(max_length=32)
     scene: Scene
+    spectrum: Spectrum | None = None
     sensor: Sensor = Sensor()
     reconstruction: Reconstruction = Reconstruction()
     training: Training = Training()
@@ -237,6 +258,27 @@ class Spec(_Model):
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", v):
             raise ValueError("name may only hold letters, digits, '_', '-', '.' (it names the output files)")
         return v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _derive_wavelengths(cls, data: Any) -> Any:
+        """With `spectrum`, `wavelengths` are the channels' mean wavelengths (given ones must match them)."""
+        if not isinstance(data, dict) or not isinstance(data.get("spectrum"), dict):
+            return data
+        sp = Spectrum.model_validate(data["spectrum"])
+        from lensdesign.spectral import spectral_channels
+
+        derived = list(spectral_channels(sp.camera, sp.csv, sp.illuminant, sp.samples).centroids_m)
+        given = data.get("wavelengths")
+        if given is not None:
+            try:
+                ok = len(given) == len(derived) and all(abs(parse_length(g) - d) < 1e-12
+                                                        for g, d in zip(given, derived, strict=False))
+            except (TypeError, ValueError):
+                ok = False
+            if not ok:
+                raise ValueError("wavelengths: with spectrum the channel wavelengths are derived; leave wavelengths out")
+        return {**data, "wavelengths": derived}
 
     @field_validator("wavelengths")
     @classmethod
@@ -262,6 +304,9 @@ class Spec(_Model):
             raise ValueError(f"fabrication.process: multilevel (binary etch masks) cannot make the {self.optics.element} "
                              "sag of optics.element; use process grayscale or two_photon (levels = grey or print steps "
                              "over the sag, e.g. 1024)")
+        if self.spectrum is not None and isinstance(self.optics.material, CustomMaterial):
+            raise ValueError("optics.material: spectrum needs n(λ) at any wavelength; use a named material "
+                             "(e.g. fused_silica) instead of an index list")
         if self.task == "superres" and self.sensor.superres_factor < 2:
             raise ValueError("task superres needs sensor.superres_factor of 2 or more")
         if self.optics.propagator == "hankel" and (self.optics.parameterization != "radial" or self.optics.element == "hybrid"):
@@ -307,6 +352,25 @@ class Spec(_Model):
         """The middle wavelength (by order in the list when sorted)."""
         w = sorted(self.wavelengths)
         return w[len(w) // 2]
+
+    @property
+    def spectral(self) -> Any:
+        """The sampled broadband channels (`lensdesign.spectral.SpectralChannels`), or None for one line each."""
+        if self.spectrum is None:
+            return None
+        from lensdesign.spectral import spectral_channels
+
+        sp = self.spectrum
+        return spectral_channels(sp.camera, sp.csv, sp.illuminant, sp.samples)
+
+    @property
+    def optical_spec(self) -> Spec:
+        """The spec the optics simulates: itself, or with `spectrum` a copy whose wavelengths are all the sampled
+        wavelengths (channel by channel), so the PSF stack has one plane per sampled wavelength."""
+        ch = self.spectral
+        if ch is None:
+            return self
+        return self.model_copy(update={"wavelengths": list(ch.wavelengths_m), "spectrum": None})
 
     @property
     def refractive_indices(self) -> list[float]:

@@ -26,6 +26,7 @@ from torch import nn
 
 from lensdesign.errors import LensdesignError
 from lensdesign.fabrication.quantize import quantize_ste, soft_quantize
+from lensdesign.imaging.mosaic import channel_bands, mosaic_demosaic
 from lensdesign.imaging.reconstruct import WienerReconstruction, make_reconstruction
 from lensdesign.imaging.sensor import add_noise, convolve_valid, integrate_pixels, psf_margin
 from lensdesign.optics.element import check_sag_sampling, is_wrapped, make_element_surface
@@ -199,6 +200,11 @@ class EndToEnd(nn.Module):
         return out
 
 
+def mix_channels(stack: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Σ_w weights[c, w] · stack[…, w, :, :] → (…, C, P, P): polychromatic channel PSFs (weights sum to 1 per c)."""
+    return torch.einsum("cw,...wyx->...cyx", weights, stack)
+
+
 # ---- the forward model ---------------------------------------------------------------------------------------
 
 class Pipeline:
@@ -219,13 +225,17 @@ class Pipeline:
         self.device = torch.device(device)
         self.radial = choose_path(spec).radial if radial is None else radial
         depths = self.task.reference_depths()
+        sim = spec.optical_spec  # one plane per sampled wavelength (the spec itself for one line per channel)
         self.optics: OpticalSystem | RadialSystem = (
-            RadialSystem(spec, self.device, depths=depths, nearest=min(spec.depths_m)) if self.radial
-            else OpticalSystem(spec, self.device, depths=depths))
+            RadialSystem(sim, self.device, depths=depths, nearest=min(spec.depths_m)) if self.radial
+            else OpticalSystem(sim, self.device, depths=depths))
+        ch = spec.spectral
+        self.channel_weights = None if ch is None else torch.tensor(ch.weights, dtype=torch.float32, device=self.device)
         self.psf_size = self.optics.grid.psf_size
         self.margin = psf_margin(self.psf_size)
         self.channels = len(spec.wavelengths)
         self.factor = spec.sensor.superres_factor
+        self.bands = None if spec.sensor.mosaic == "none" else channel_bands(list(spec.wavelengths))
 
     def psfs(self, height: torch.Tensor, extra_depths: list[float] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(reference PSFs (R, C, P, P) at the reference depths, PSFs (K, C, P, P) at `extra_depths`).
@@ -235,17 +245,23 @@ class Pipeline:
         src = self.optics.src
         if extra_depths:
             src = torch.cat([src, self.optics.source_waves(extra_depths)])
-        stack = self.stack(height, src)
+        stack = self.to_channels(self.stack(height, src))
         r = self.optics.src.shape[0]
         return stack[:r], stack[r:]
 
     def stack(self, height: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
-        """PSF stack (D, C, P, P) of a height map (N, N) in metres for source waves `src` from
-        `optics.source_waves` (any block of depths), on the pipeline's path; differentiable."""
+        """PSF stack (D, W, P, P) of a height map (N, N) in metres for source waves `src` from
+        `optics.source_waves` (any block of depths), on the pipeline's path, one plane per simulated wavelength
+        (`to_channels` makes the channels); differentiable."""
         h = height.to(self.device, torch.float32)
         if self.radial:
             return self.optics.stack(self.optics.profile_of(h), src)  # type: ignore[union-attr]
         return PSFStack.apply(h, self.optics, src)
+
+    def to_channels(self, stack: torch.Tensor) -> torch.Tensor:
+        """Channel PSFs (…, C, P, P) of monochromatic PSFs (…, W, P, P): the weighted sum over each channel's sampled
+        wavelengths (`channel_weights` (C, W)); the stack itself when each channel is one wavelength."""
+        return stack if self.channel_weights is None else mix_channels(stack, self.channel_weights)
 
     def irradiance(self, scenes: torch.Tensor, psf: torch.Tensor) -> torch.Tensor:
         """Noise-free sensor images (B, C, H / k, W / k) of scene crops (B, C, H + P − 1, W + P − 1) blurred by
@@ -254,9 +270,12 @@ class Pipeline:
 
     def noisy(self, clean: torch.Tensor, sigma: torch.Tensor, gen: torch.Generator,
               differentiable: bool = True) -> torch.Tensor:
-        """Sensor read-out of noise-free sensor images: read / shot noise, clipping, bit depth (see `add_noise`)."""
+        """Sensor read-out of noise-free sensor images: read / shot noise, clipping, bit depth (see `add_noise`);
+        with `sensor.mosaic` each photosite keeps its filter's channel (the noise of the others is dropped: the
+        same statistics as noise on the raw mosaic) and the image is demosaicked bilinearly."""
         s = self.spec.sensor
-        return add_noise(clean, sigma, gen, s.full_well, s.bit_depth, differentiable)
+        y = add_noise(clean, sigma, gen, s.full_well, s.bit_depth, differentiable)
+        return y if self.bands is None else mosaic_demosaic(y, s.mosaic, self.bands)
 
     def sensor(self, scenes: torch.Tensor, psf: torch.Tensor, sigma: torch.Tensor, gen: torch.Generator,
                differentiable: bool = True) -> torch.Tensor:

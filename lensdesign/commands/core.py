@@ -32,6 +32,7 @@ def memory_estimate(spec: Spec) -> dict[str, float]:
     """Bytes held by one PSF-stack forward + backward (complex64), by part."""
     from lensdesign.optics.psf import plan_grid
 
+    spec = spec.optical_spec
     g = plan_grid(spec)
     dw = len(spec.depths_m) * len(spec.wavelengths)
     k = g.window_fine
@@ -43,6 +44,17 @@ def memory_estimate(spec: Spec) -> dict[str, float]:
     }
 
 
+def channel_rows(spec: Spec) -> str:
+    """One line per broadband channel: its mean wavelength and its sampled wavelengths (nm) × weights."""
+    ch = spec.spectral
+    n = len(ch.wavelengths_m) // len(ch.labels)
+    lines = [f"{ch.source}, {n} wavelengths per channel (equal-area quantiles)"]
+    for c, label in enumerate(ch.labels):
+        pts = " ".join(f"{ch.wavelengths_m[i] * 1e9:.0f}×{ch.weights[c, i]:.3f}" for i in range(c * n, (c + 1) * n))
+        lines.append(f"{label} (mean {ch.centroids_m[c] * 1e9:.1f} nm): {pts}")
+    return "\n".join(lines)
+
+
 def check_spec(spec: Spec) -> Table:
     """A table describing how `spec` will be simulated (raises SpecError when it cannot be)."""
     from lensdesign.optics.element import check_sag_sampling, max_sag_sampled
@@ -50,7 +62,7 @@ def check_spec(spec: Spec) -> Table:
     from lensdesign.optics.psf import plan_grid
     from lensdesign.units import defocus_w020_m
 
-    g = plan_grid(spec)
+    g = plan_grid(spec.optical_spec)  # every sampled wavelength of broadband channels
     check_sag_sampling(spec)
     o = spec.optics
     t = Table(title=f"lensdesign check: {spec.name} ({spec.task})", show_header=False)
@@ -60,6 +72,8 @@ def check_spec(spec: Spec) -> Table:
               f"(f/{o.sensor_distance / o.aperture:.2f}, NA {math.sin(math.atan(o.aperture / 2 / o.sensor_distance)):.3f})")
     idx = spec.refractive_indices
     t.add_row("wavelengths (n)", ", ".join(f"{w * 1e9:.0f} nm ({n:.4f})" for w, n in zip(spec.wavelengths, idx, strict=True)))
+    if spec.spectral is not None:
+        t.add_row("channels (spectrum)", channel_rows(spec))
     t.add_row("material / max height", f"{spec.material_name} / {fmt_len(spec.max_height_m)}")
     if o.element != "diffractive":
         t.add_row("element", f"{o.element}: unwrapped sag, at most {fmt_len(max_sag_sampled(spec))} sampled at "

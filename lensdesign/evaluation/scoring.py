@@ -41,7 +41,7 @@ import torch
 from lensdesign.evaluation.tuning import LOG10_GAMMA_RANGE, golden_max
 from lensdesign.imaging.reconstruct import WienerPlan, WienerReconstruction, upsample
 from lensdesign.imaging.scenes import fixed_crops, load_images, random_crops
-from lensdesign.imaging.sensor import add_noise, convolve_same, eval_read_noise, integrate_pixels, psnr, ssim
+from lensdesign.imaging.sensor import convolve_same, eval_read_noise, integrate_pixels, psnr, ssim
 from lensdesign.spec import Spec
 from lensdesign.system import Pipeline
 
@@ -108,7 +108,7 @@ def image_through(pipe: Pipeline, clean_fine: torch.Tensor, ref: torch.Tensor, g
     s = pipe.spec.sensor
     clean = integrate_pixels(clean_fine, pipe.factor)
     sigma = torch.full((1,), eval_read_noise(s.read_noise))
-    y = add_noise(clean, sigma, noise_generator(seed, 0), s.full_well, s.bit_depth, differentiable=False)
+    y = pipe.noisy(clean, sigma, noise_generator(seed, 0), differentiable=False)
     g = torch.as_tensor(gamma, dtype=torch.float32)
     plan = WienerPlan(y, ref, factor=pipe.factor)
     gv: float | torch.Tensor = g if g.dim() else float(g)
@@ -137,16 +137,14 @@ class Bench:
             stack, _ = pipe.psfs(as_height(height_m, dev))
             self.ref = stack.mean(0)
             sigma = torch.full((scenes.shape[0],), eval_read_noise(spec.sensor.read_noise))
-            s = spec.sensor
             self.depths = pipe.task.eval_depths()
             self.plans: list[WienerPlan] = []
             self.tune_plans: list[WienerPlan] = []
             k = pipe.factor
             for i in range(len(self.depths)):
                 clean = pipe.irradiance(scenes, stack[i:i + 1])
-                y = add_noise(clean, sigma, noise_generator(seed, i), s.full_well, s.bit_depth, differentiable=False)
-                yt = add_noise(clean, sigma, noise_generator(seed + _NOISE_SEED, i), s.full_well, s.bit_depth,
-                               differentiable=False)
+                y = pipe.noisy(clean, sigma, noise_generator(seed, i), differentiable=False)
+                yt = pipe.noisy(clean, sigma, noise_generator(seed + _NOISE_SEED, i), differentiable=False)
                 self.plans.append(WienerPlan(y, self.ref, factor=k))
                 self.tune_plans.append(WienerPlan(yt, self.ref, factor=k))
 

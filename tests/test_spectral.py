@@ -1,0 +1,154 @@
+"""Broadband channels: sampling of sensitivity × illuminant, channel PSFs, dispersion, Bayer demosaic, bad input."""
+
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from lensdesign.baselines import fresnel_height
+from lensdesign.materials import refractive_index
+from lensdesign.optics.psf import OpticalSystem, plan_grid
+from lensdesign.spec import parse_spec
+from lensdesign.spectral import spectral_channels
+from lensdesign.system import Pipeline
+from tests.conftest import TINY, write_spec
+
+
+def test_weights_integrate_the_camera_curve() -> None:
+    """Σ w_i g(λ_i) matches ∫ S·E g / ∫ S·E (trapezoid, 0.1 nm grid) within 1 % for g smooth on the scale of
+    a bin (1/λ², λ², a 150 nm Gaussian)."""
+    import colour
+
+    ch = spectral_channels("Nikon 5100 (NPL)", None, "D65", 7)
+    cam = colour.MSDS_CAMERA_SENSITIVITIES["Nikon 5100 (NPL)"]
+    ill = colour.SDS_ILLUMINANTS["D65"]
+    fine = np.arange(cam.wavelengths[0], cam.wavelengths[-1] + 0.05, 0.1)
+    e = np.interp(fine, ill.wavelengths, ill.values)
+    lam = np.asarray(ch.wavelengths_m) * 1e9
+    for g in (lambda x: 1.0 / x**2, lambda x: x**2, lambda x: np.exp(-(((x - 540.0) / 150.0) ** 2))):
+        for c, label in enumerate(ch.labels):
+            f = np.interp(fine, cam.wavelengths, cam.values[:, ["red", "green", "blue"].index(label)]) * e
+            want = np.trapezoid(f * g(fine), fine) / np.trapezoid(f, fine)
+            got = float(ch.weights[c] @ g(lam))
+            assert abs(got / want - 1) < 0.01, (label, got, want)
+    assert np.allclose(ch.weights.sum(1), 1.0)
+    assert [lbl for lbl in ch.labels] == ["blue", "green", "red"]
+
+
+def _small(spectrum: dict, propagator: str = "asm") -> dict:
+    d = copy.deepcopy(TINY)
+    d.pop("wavelengths")
+    d["spectrum"] = spectrum
+    d["optics"]["propagator"] = propagator
+    d["sensor"]["psf_size"] = 15
+    return d
+
+
+def test_channel_psf_is_weighted_sum_of_monochromatic_psfs() -> None:
+    spec = parse_spec(_small({"camera": "Nikon 5100", "samples": 3}))
+    pipe = Pipeline(spec)
+    h = torch.rand(plan_grid(spec).n, plan_grid(spec).n, generator=torch.Generator().manual_seed(0)) * spec.max_height_m
+    ref, extra = pipe.psfs(h, [0.3])
+    assert ref.shape[1] == 3 and extra.shape == (1, 3, 15, 15)
+    ch = spec.spectral
+    mono = []
+    for w in ch.wavelengths_m:  # each wavelength on its own, in its own plain spec
+        d = copy.deepcopy(TINY)
+        d["wavelengths"] = [w]
+        d["optics"]["propagator"] = "asm"
+        d["sensor"]["psf_size"] = 15
+        mono.append(OpticalSystem(parse_spec(d), depths=[*spec.depths_m, 0.3]).psf(h)[:, 0])
+    want = torch.einsum("cw,wdyx->dcyx", torch.tensor(ch.weights, dtype=torch.float32), torch.stack(mono))
+    torch.testing.assert_close(torch.cat([ref, extra]), want, rtol=1e-5, atol=1e-8)
+
+
+def _box_csv(path: Path, width_nm: float) -> Path:
+    lam = np.arange(380.0, 781.0, 0.5)
+    half = width_nm / 2 if width_nm > 0 else 0.3
+    s = (np.abs(lam - 550.0) <= half).astype(float)
+    np.savetxt(path, np.column_stack([lam, s, s, s]), delimiter=",", header="nm,R,G,B")
+    return path
+
+
+def test_fresnel_broadband_strehl_falls_as_dispersion_predicts(tmp_path: Path) -> None:
+    """In-focus peak of a Fresnel lens (designed at λ0 = 550 nm) in a flat band of width Δ under illuminant E,
+    relative to the single line: S(Δ) = Σ_i w_i η(λ_i) sinc²(a_i/2) (λ0/λ_i)², with the first-order efficiency
+    η = sinc²(1 − λ0(n(λ)−1)/(λ(n0−1))), the defocus of the order-1 focus f λ0/λ at the rim a = π(D/2)²/f ·
+    (1/λ − 1/λ0) rad (on-axis intensity of pure defocus: sinc²(a/2) exactly) and the perfect peak ∝ 1/λ²."""
+    base = {"optics": {"aperture": "1 mm", "sensor_distance": "20 mm", "pitch": "5 um", "propagator": "asm"},
+            "scene": {"depths": ["inf"]}, "sensor": {"pixel_pitch": "5 um", "resolution": [16, 16], "psf_size": 9}}
+    lam0, d_ap, f = 550e-9, 1e-3, 20e-3
+    n0 = refractive_index("fused_silica", lam0)
+    sinc = lambda x: np.sinc(x / np.pi)  # noqa: E731  sin(x)/x
+    peaks, preds = [], []
+    for width in (0.0, 40.0, 80.0, 160.0):
+        spec = parse_spec({**base, "spectrum": {"csv": str(_box_csv(tmp_path / f"b{width:.0f}.csv", width)),
+                                                "illuminant": "E", "samples": 7}})
+        assert abs(spec.design_wavelength_m - lam0) < 0.3e-9
+        h = fresnel_height(spec, plan_grid(spec).n).float()
+        ref, _ = Pipeline(spec).psfs(h)
+        peaks.append(float(ref[0, 0, 4, 4]))
+        ch = spec.spectral
+        lam = np.asarray(ch.wavelengths_m[:7])
+        eta = np.array([sinc(np.pi * (1 - lam0 * (refractive_index("fused_silica", x) - 1) / (x * (n0 - 1)))) ** 2
+                        for x in lam])
+        a = np.pi * (d_ap / 2) ** 2 / f * (1 / lam - 1 / lam0)
+        preds.append(float(ch.weights[0, :7] @ (eta * sinc(a / 2) ** 2 * (lam0 / lam) ** 2)))
+    measured = np.array(peaks) / peaks[0]
+    predicted = np.array(preds) / preds[0]
+    assert np.all(np.diff(measured) < 0), measured
+    assert predicted[-1] < 0.5  # the widest band really is dispersion-limited
+    np.testing.assert_allclose(measured, predicted, rtol=0.05)
+
+
+def test_bilinear_demosaic_matches_colour_demosaicing() -> None:
+    from colour_demosaicing import demosaicing_CFA_Bayer_bilinear, mosaicing_CFA_Bayer
+
+    from lensdesign.imaging.mosaic import mosaic_demosaic
+
+    rng = np.random.default_rng(1)
+    for shape in ((17, 22), (32, 32)):
+        rgb = rng.random((*shape, 3))
+        for p in ("RGGB", "BGGR", "GRBG", "GBRG"):
+            want = demosaicing_CFA_Bayer_bilinear(mosaicing_CFA_Bayer(rgb, p), p)
+            bgr = torch.from_numpy(rgb[..., ::-1].copy()).permute(2, 0, 1)[None]  # channels blue, green, red
+            got = mosaic_demosaic(bgr, p.lower(), [2, 1, 0])[0].permute(1, 2, 0).numpy()[..., ::-1]
+            assert np.abs(got - want).max() < 1e-4, p
+
+
+def test_mosaic_pipeline_is_differentiable_and_plain_wavelengths_unchanged() -> None:
+    d = copy.deepcopy(TINY)
+    plain = parse_spec(d)
+    assert plain.optical_spec is plain and Pipeline(plain).channel_weights is None
+    d["sensor"]["mosaic"] = "rggb"
+    pipe = Pipeline(parse_spec(d))
+    x = torch.rand(1, 3, 8, 8, requires_grad=True)
+    y = pipe.noisy(x, torch.zeros(1), torch.Generator().manual_seed(0))
+    assert y.shape == x.shape
+    y.sum().backward()
+    assert x.grad is not None and float(x.grad.abs().sum()) > 0
+    assert math.isclose(float(y[0, 0, 1, 1]), float(x.detach()[0, 0, 1, 1]), rel_tol=1e-6)  # blue photosite of rggb at (1, 1)
+
+
+@pytest.mark.parametrize("spectrum, needle", [
+    ({"camera": "Canon 9000"}, "spectrum.camera"),
+    ({"camera": "Nikon 5100", "samples": 0}, "samples"),
+    ({"csv": "BAD"}, "spectrum.csv"),
+    ({"csv": "NAN"}, "non-finite"),
+])
+def test_bad_spectrum_is_one_line_exit_2(tmp_path: Path, cli, spectrum: dict, needle: str) -> None:
+    if spectrum.get("csv") == "BAD":
+        (tmp_path / "bad.csv").write_text("nm,R,G,B\n400,1,2\n500,x,1,1\n")
+        spectrum = {"csv": str(tmp_path / "bad.csv")}
+    elif spectrum.get("csv") == "NAN":
+        (tmp_path / "nan.csv").write_text("400,1,1,1\n500,nan,1,1\n600,1,1,1\n")
+        spectrum = {"csv": str(tmp_path / "nan.csv")}
+    r = cli("check", write_spec(tmp_path, _small(spectrum)))
+    assert r.returncode == 2, r.stderr
+    err = r.stderr.strip()
+    assert needle in err and "\n" not in err and "Traceback" not in err

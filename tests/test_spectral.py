@@ -152,3 +152,14 @@ def test_bad_spectrum_is_one_line_exit_2(tmp_path: Path, cli, spectrum: dict, ne
     assert r.returncode == 2, r.stderr
     err = r.stderr.strip()
     assert needle in err and "\n" not in err and "Traceback" not in err
+
+
+def test_check_and_report_figure_show_the_channels(tmp_path: Path, cli) -> None:
+    from lensdesign.analysis.figures import spectrum_figure
+
+    r = cli("check", write_spec(tmp_path, _small({"camera": "Nikon 5100", "samples": 3})))
+    assert r.returncode == 0, r.stderr
+    out = " ".join(r.stdout.split())
+    ch = spectral_channels("Nikon 5100", None, "D65", 3)
+    assert "equal-area" in out and f"{ch.wavelengths_m[0] * 1e9:.0f}×0.333" in out
+    assert spectrum_figure(ch)[:8] == b"\x89PNG\r\n\x1a\n"

@@ -464,3 +464,24 @@ def fabrication_figure(strehl_samples: np.ndarray, strehl_cont: float, strehl_qu
             ax.grid(alpha=0.3)
         fig.suptitle("fabrication tolerance: Monte Carlo over etch depth, mask alignment and edge rounding")
         return to_png(fig)
+
+
+def spectrum_figure(ch: object) -> bytes:
+    """Broadband channels (`lensdesign.spectral.SpectralChannels`): each channel's sensitivity × illuminant curve
+    (peak 1) against wavelength (nm), with its sampled wavelengths as stems of height weight × samples."""
+    fig, ax = plt.subplots(figsize=(7.0, 3.2), layout="constrained")
+    colours = {"red": "tab:red", "green": "tab:green", "blue": "tab:blue"}
+    c_count = len(ch.labels)  # type: ignore[attr-defined]
+    n = len(ch.wavelengths_m) // c_count  # type: ignore[attr-defined]
+    for c, label in enumerate(ch.labels):  # type: ignore[attr-defined]
+        col = colours.get(label, f"C{c}")
+        ax.plot(ch.grid_nm, ch.curves[c], color=col, label=label)  # type: ignore[attr-defined]
+        lam = np.asarray(ch.wavelengths_m[c * n:(c + 1) * n]) * 1e9  # type: ignore[attr-defined]
+        w = ch.weights[c, c * n:(c + 1) * n] * n  # type: ignore[attr-defined]
+        ax.vlines(lam, 0, w, colors=col, linestyles="dotted")
+        ax.plot(lam, w, "o", color=col, ms=4)
+    ax.set_xlabel("wavelength (nm)")
+    ax.set_ylabel("relative response / weight × samples")
+    ax.set_title(f"{ch.source}: {n} wavelengths per channel", fontsize=9)  # type: ignore[attr-defined]
+    ax.legend(fontsize=8)
+    return to_png(fig)

@@ -594,6 +594,8 @@ def make_figures(ctx: ReportContext, an: Analysis) -> dict[str, bytes]:
     ctx.progress("figures", 0, 1)
     with ctx.timed("figures"):
         figs = {**_psf_figures(ctx, an), **_comparison_figures(ctx, an)}
+        if ctx.spec.spectral is not None:
+            figs["spectrum.png"] = figures.spectrum_figure(ctx.spec.spectral)
     ctx.progress("figures", 1, 1)
     return figs
 

@@ -163,3 +163,14 @@ def test_check_and_report_figure_show_the_channels(tmp_path: Path, cli) -> None:
     ch = spectral_channels("Nikon 5100", None, "D65", 3)
     assert "equal-area" in out and f"{ch.wavelengths_m[0] * 1e9:.0f}×0.333" in out
     assert spectrum_figure(ch)[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_of_a_broadband_run_shows_channel_psfs(tmp_path: Path, cli) -> None:
+    d = _small({"camera": "Nikon 5100", "samples": 3})
+    run = tmp_path / "run"
+    assert cli("baseline", write_spec(tmp_path, d), "--kind", "fresnel", "--out", run).returncode == 0
+    r = cli("report", run)
+    assert r.returncode == 0, r.stderr
+    for name in ("spectrum.png", "channel-psf.png"):
+        assert (run / "report" / name).read_bytes()[:4] == b"\x89PNG"
+    assert "Broadband channel PSFs" in (run / "report" / "index.html").read_text()

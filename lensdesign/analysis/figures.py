@@ -485,3 +485,38 @@ def spectrum_figure(ch: object) -> bytes:
     ax.set_title(f"{ch.source}: {n} wavelengths per channel", fontsize=9)  # type: ignore[attr-defined]
     ax.legend(fontsize=8)
     return to_png(fig)
+
+
+def channel_psf_figure(psfs: np.ndarray, pitch: float, depths: Sequence[float], labels: Sequence[str],
+                       mtf_depths: Sequence[float], mtf: np.ndarray, f0: float) -> bytes:
+    """Broadband channel PSFs on the sensor grid per depth (rows) × channel (columns), square-root intensity over
+    each panel's peak, and below the MTF at `f0` (cycles/mm) of each channel's PSF against depth.
+
+    `psfs` (D, C, P, P) at `pitch` (m); `mtf` (len(mtf_depths), C)."""
+    with plt.rc_context(STYLE):
+        d, c, p, _ = psfs.shape
+        ext = [-p / 2 * pitch * 1e6, p / 2 * pitch * 1e6] * 2
+        fig, axes = plt.subplots(d + 1, c, figsize=(2.6 * c + 0.6, 2.3 * (d + 1)), squeeze=False, layout="constrained")
+        for i in range(d):
+            for j in range(c):
+                ax = axes[i, j]
+                ax.imshow(np.sqrt(psfs[i, j] / max(float(psfs[i, j].max()), 1e-30)), extent=ext, origin="lower",
+                          cmap="inferno", interpolation="nearest")
+                if i == 0:
+                    ax.set_title(f"{labels[j]} channel")
+                if j == 0:
+                    ax.set_ylabel(f"z = {depth_label(depths[i])}\ny (µm)")
+                ax.tick_params(labelsize=7)
+        gs = axes[d, 0].get_gridspec()
+        for ax in axes[d]:
+            ax.remove()
+        ax = fig.add_subplot(gs[d, :])
+        x = [float(scene_diopters(z)) for z in mtf_depths]
+        for j in range(c):
+            ax.plot(x, mtf[:, j], "o-", ms=3, label=labels[j], color={"red": "tab:red", "green": "tab:green",
+                                                                       "blue": "tab:blue"}.get(labels[j], f"C{j}"))
+        ax.set_xlabel("object vergence (diopters)")
+        ax.set_ylabel(f"MTF at {f0:.3g} cyc/mm")
+        ax.legend(fontsize=8)
+        fig.suptitle("Broadband channel PSFs (√ intensity / peak) and through-depth MTF per channel")
+        return to_png(fig)

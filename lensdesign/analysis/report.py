@@ -589,13 +589,34 @@ def _comparison_figures(ctx: ReportContext, an: Analysis) -> dict[str, bytes]:
     return figs
 
 
+def _broadband_figures(ctx: ReportContext) -> dict[str, bytes]:
+    """Broadband channels: their spectra and sampling, and the channel PSFs of the design on the sensor grid (the
+    weighted sums the pipeline images with) with their MTF at half the output Nyquist against depth."""
+    from lensdesign.analysis.psfs import radial_mtf
+    from lensdesign.system import Pipeline
+
+    spec = ctx.spec
+    pipe = Pipeline(spec)
+    dense = dense_depths(spec, 9)
+    with torch.no_grad():
+        at_depths, at_dense = pipe.psfs(torch.from_numpy(np.asarray(ctx.height, dtype=np.float32)), dense)
+    pitch = spec.sensor.pixel_pitch / spec.sensor.superres_factor
+    f0 = ctx.nyquist / 2
+    mtf = np.stack([np.array([np.interp(f0, m.freq, m.mean[j]) for j in range(m.mean.shape[0])])
+                    for m in (radial_mtf(at_dense[i], pitch, ctx.nyquist) for i in range(len(dense)))])
+    ch = spec.spectral
+    return {"spectrum.png": figures.spectrum_figure(ch),
+            "channel-psf.png": figures.channel_psf_figure(at_depths.numpy(), pitch, spec.depths_m, list(ch.labels),
+                                                          dense, mtf, f0 * 1e-3)}
+
+
 def make_figures(ctx: ReportContext, an: Analysis) -> dict[str, bytes]:
     """Every PNG of the report, by file name."""
     ctx.progress("figures", 0, 1)
     with ctx.timed("figures"):
         figs = {**_psf_figures(ctx, an), **_comparison_figures(ctx, an)}
         if ctx.spec.spectral is not None:
-            figs["spectrum.png"] = figures.spectrum_figure(ctx.spec.spectral)
+            figs.update(_broadband_figures(ctx))
     ctx.progress("figures", 1, 1)
     return figs
 

@@ -265,7 +265,10 @@ class Spec(_Model):
         """With `spectrum`, `wavelengths` are the channels' mean wavelengths (given ones must match them)."""
         if not isinstance(data, dict) or not isinstance(data.get("spectrum"), dict):
             return data
-        sp = Spectrum.model_validate(data["spectrum"])
+        try:
+            sp = Spectrum.model_validate(data["spectrum"])
+        except ValidationError as e:
+            raise SpecError(validation_message(e, "spec").replace("spec: ", "spectrum.", 1)) from None
         from lensdesign.spectral import spectral_channels
 
         derived = list(spectral_channels(sp.camera, sp.csv, sp.illuminant, sp.samples).centroids_m)

@@ -105,6 +105,10 @@ def test_radial_run_end_to_end(tmp_path: Path, cli) -> None:
     assert r.returncode == 0, r.stderr
     rules = json.loads((run / "export" / "tinyradial.rules.json").read_text())
     assert rules["parameterization"] == "radial" and rules["rings"] and "note" not in rules  # written as rings
+    r = cli("report", run)
+    assert r.returncode == 0, r.stderr
+    page = (run / "report" / "index.html").read_text()
+    assert "achromat" in page and "fresnel" in page  # the image-quality table holds summary.json's baselines
 
 
 def test_achromat_baseline_command(tmp_path: Path, cli) -> None:

@@ -132,7 +132,7 @@ def test_mosaic_pipeline_is_differentiable_and_plain_wavelengths_unchanged() -> 
     assert y.shape == x.shape
     y.sum().backward()
     assert x.grad is not None and float(x.grad.abs().sum()) > 0
-    assert math.isclose(float(y.detach()[0, 0, 1, 1]), float(x.detach()[0, 0, 1, 1]), rel_tol=1e-6)  # blue photosite of rggb at (1, 1)
+    assert math.isclose(float(y.detach()[0, 0, 1, 1]), float(x.detach()[0, 0, 1, 1]), rel_tol=1e-6)  # rggb: blue at (1, 1)
 
 
 @pytest.mark.parametrize("spectrum, needle", [

@@ -589,14 +589,13 @@ def _comparison_figures(ctx: ReportContext, an: Analysis) -> dict[str, bytes]:
     return figs
 
 
-def _broadband_figures(ctx: ReportContext) -> dict[str, bytes]:
+def _broadband_figures(ctx: ReportContext, an: Analysis) -> dict[str, bytes]:
     """Broadband channels: their spectra and sampling, and the channel PSFs of the design on the sensor grid (the
     weighted sums the pipeline images with) with their MTF at half the output Nyquist against depth."""
     from lensdesign.analysis.psfs import radial_mtf
-    from lensdesign.system import Pipeline
 
     spec = ctx.spec
-    pipe = Pipeline(spec)
+    pipe = an.iq.cpu_ev.pipe  # the CPU pipeline the example images were made with
     dense = dense_depths(spec, 9)
     with torch.no_grad():
         at_depths, at_dense = pipe.psfs(torch.from_numpy(np.asarray(ctx.height, dtype=np.float32)), dense)
@@ -616,7 +615,7 @@ def make_figures(ctx: ReportContext, an: Analysis) -> dict[str, bytes]:
     with ctx.timed("figures"):
         figs = {**_psf_figures(ctx, an), **_comparison_figures(ctx, an)}
         if ctx.spec.spectral is not None:
-            figs.update(_broadband_figures(ctx))
+            figs.update(_broadband_figures(ctx, an))
     ctx.progress("figures", 1, 1)
     return figs
 

@@ -94,9 +94,8 @@ def check_spec(spec: Spec) -> Table:
     t.add_row("Fresnel number", nf)
     path = choose_path(spec)
     if path.radial:
-        form = choose_radial_propagator(g)
-        t.add_row("PSF path", f"1-D (Hankel), {ring_count(g.n, g.dx, ring_width(spec))} rings of "
-                  f"{fmt_len(ring_width(spec))}: {path.reason}")
+        form, w = choose_radial_propagator(g), ring_width(spec)
+        t.add_row("PSF path", f"1-D (Hankel), {ring_count(g.n, g.dx, w)} rings of {fmt_len(w)}: {path.reason}")
         t.add_row("propagator", f"{form.kind}: {form.reason}")
     else:
         t.add_row("PSF path", f"2-D grid: {path.reason}")

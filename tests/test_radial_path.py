@@ -109,6 +109,11 @@ def test_radial_run_end_to_end(tmp_path: Path, cli) -> None:
     assert r.returncode == 0, r.stderr
     page = (run / "report" / "index.html").read_text()
     assert "achromat" in page and "fresnel" in page  # the image-quality table holds summary.json's baselines
+    rep = json.loads((run / "report" / "report.json").read_text())
+    assert rep["settings"]["propagator"].startswith("hankel-")  # the field analysis on the 1-D path
+    assert rep["mtf_rotationally_symmetric"] and len(rep["psf"]) == 9
+    assert rep["fabrication"]["as_built"]["psnr_db_mean"] > 0 and set(rep["through_depth_mtf"]["mtf"]) == {
+        "design", "fresnel", "cubic"}
 
 
 def test_achromat_baseline_command(tmp_path: Path, cli) -> None:

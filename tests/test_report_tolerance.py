@@ -8,8 +8,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from lensdesign.analysis.psfs import FieldAnalyzer
-from lensdesign.analysis.report import CoreMeter
+from lensdesign.analysis.psfs import CoreMeter, FieldAnalyzer
 from lensdesign.analysis.tolerance import FabricationErrors, as_built_height, binary_masks, monte_carlo, shift_mask
 from lensdesign.baselines import cubic_height
 from lensdesign.fabrication.quantize import level_index, quantize

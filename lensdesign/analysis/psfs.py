@@ -23,12 +23,13 @@ optical axis at index (K // 2, K // 2).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from lensdesign.analysis import metrics as M
 from lensdesign.optics.forward import intensity, sensor_spectrum, transmission, window_start, window_transfer
 from lensdesign.optics.psf import OpticalSystem, coords
 from lensdesign.spec import Spec
@@ -55,6 +56,19 @@ class FieldResult:
     pitch: float
     peak: float
     coarse_peak_index: tuple[int, int]
+
+
+@dataclass
+class DepthPSF:
+    """The finely sampled PSFs of one depth (W wavelengths): `strehl` and `totals` (W,) (energy in the analysed
+    field), `crops` (W, 2h + 1, 2h + 1) energy per fine sample with the axis at the centre, their radially averaged
+    `mtf`, and `ee_whole(j, fraction)`: the encircled-energy radius (m) of wavelength j over the whole field."""
+
+    strehl: np.ndarray
+    totals: np.ndarray
+    crops: np.ndarray
+    mtf: RadialMTF
+    ee_whole: Callable[[int, float], float]
 
 
 class FieldAnalyzer:
@@ -185,6 +199,25 @@ class FieldAnalyzer:
         """Diffraction-limited PSFs (W, uM, uM) on the fine grid."""
         return self.fine_intensity(self.spectrum_from_pupil(self.ideal_pupil()), oversample)
 
+    def reference_peaks_fine(self, oversample: int) -> np.ndarray:
+        """Axial intensity (W,) of the diffraction-limited PSF, energy per fine sample at `oversample`."""
+        ref_fine = self.reference_psf(oversample)
+        kf = ref_fine.shape[-1] // 2
+        return ref_fine[:, kf, kf].double().cpu().numpy()
+
+    def table_oversample(self) -> int:
+        """Fine samples per simulation sample for the PSF table and figures: at least 2 while the grid allows."""
+        return max(self.oversample, 2) if self.m * 2 <= MAX_ANALYSIS_GRID else self.oversample
+
+    @property
+    def label(self) -> str:
+        """The propagator, in the words of report.json."""
+        return self.propagator
+
+    def ring_design(self, height: np.ndarray) -> np.ndarray:
+        """The height map as this analyzer sees it (the 2-D grid: unchanged)."""
+        return height
+
     # ---- iteration -----------------------------------------------------------------------------------------
     def iter_depths(self, height: np.ndarray | torch.Tensor, depths: list[float]) -> Iterator[tuple[int, torch.Tensor]]:
         """Yield (depth index, spectrum (W, M, M)) for each depth, one depth in memory at a time."""
@@ -192,6 +225,40 @@ class FieldAnalyzer:
         with torch.no_grad():
             for i, z in enumerate(depths):
                 yield i, self.spectrum(h, z)
+
+    def depth_psfs(self, height: np.ndarray | torch.Tensor, depths: list[float], oversample: int, fmax: float,
+                   crop_half: int) -> Iterator[tuple[int, DepthPSF]]:
+        """Per depth: Strehl ratio (refined peaks), the fine intensity's MTF up to `fmax` (cycles/m), the energy in
+        the whole padded field and crops of ±`crop_half` fine samples around the axis."""
+        pitch = self.fine_pitch_for(oversample)
+        ref = self.reference_peaks()
+        c = self.m * oversample // 2
+        hw = min(crop_half, c - 1)
+        for i, su in self.iter_depths(height, depths):
+            peaks, _ = self.refined_peaks(su, self.coarse_intensity(su))
+            fine = self.fine_intensity(su, oversample)
+            yield i, DepthPSF(strehl=peaks / ref, totals=fine.sum(dim=(-2, -1)).double().cpu().numpy(),
+                              crops=fine[:, c - hw:c + hw + 1, c - hw:c + hw + 1].cpu().numpy(),
+                              mtf=radial_mtf(fine, pitch, fmax),
+                              ee_whole=lambda j, frac, f=fine: M.ee_radius(f[j].double().cpu().numpy(), pitch, frac))
+            del fine
+
+    def mtf_at(self, height: np.ndarray | torch.Tensor, depths: list[float], f0: float,
+               progress: Callable[[], None] | None = None) -> np.ndarray:
+        """Radially averaged MTF (D, W) at f0 (cycles/m), on a grid fine enough to be free of aliasing there;
+        `progress()` after each depth."""
+        u = oversample_for_frequency(self.spec, self.dx, self.m, f0)
+        pitch = self.fine_pitch_for(u)
+        v = np.empty((len(depths), len(self.wavelengths)))
+        for i, su in self.iter_depths(height, depths):
+            v[i] = mtf_at_frequency(self.fine_intensity(su, u), pitch, f0)
+            if progress is not None:
+                progress()
+        return v
+
+    def core_meter(self, depths: list[float], continuous: np.ndarray) -> Callable[[np.ndarray], dict[str, np.ndarray]]:
+        """Strehl and central-core energy per (depth, wavelength) of height maps (`CoreMeter`)."""
+        return CoreMeter(self, depths, continuous)
 
     def strehl(self, height: np.ndarray | torch.Tensor, depths: list[float]) -> np.ndarray:
         """Strehl ratio (D, W): refined peak over the diffraction-limited peak at the same wavelength."""
@@ -201,6 +268,41 @@ class FieldAnalyzer:
             peaks, _ = self.refined_peaks(su, self.coarse_intensity(su))
             out[i] = peaks / ref
         return out
+
+
+class CoreMeter:
+    """Strehl ratio and energy in the central core (radius 1.22 λN, around the continuous design's peak) per
+    (depth, wavelength), on the simulation grid: the quantities the fabrication Monte Carlo tracks."""
+
+    def __init__(self, fa: FieldAnalyzer, depths: list[float], continuous: np.ndarray) -> None:
+        self.fa = fa
+        self.depths = depths
+        m = fa.m
+        self.masks: list[list[torch.Tensor]] = []
+        idx = torch.arange(m, device=fa.device)
+        for _, su in fa.iter_depths(continuous, depths):
+            _, peaks_at = fa.refined_peaks(su, fa.coarse_intensity(su))
+            row = []
+            for j, (iy, ix) in enumerate(peaks_at):
+                r = M.airy_first_zero(fa.wavelengths[j], fa.f_number) / fa.dx
+                dy = (idx - iy + m // 2) % m - m // 2
+                dx = (idx - ix + m // 2) % m - m // 2
+                row.append((dy[:, None] ** 2 + dx[None, :] ** 2) <= r * r)
+            self.masks.append(row)
+
+    def __call__(self, height: np.ndarray) -> dict[str, np.ndarray]:
+        fa = self.fa
+        ref = fa.reference_peaks()
+        d, w = len(self.depths), len(fa.wavelengths)
+        strehl = np.empty((d, w))
+        core = np.empty((d, w))
+        for i, su in fa.iter_depths(height, self.depths):
+            coarse = fa.coarse_intensity(su)
+            peaks, _ = fa.refined_peaks(su, coarse)
+            strehl[i] = peaks / ref
+            for j in range(w):
+                core[i, j] = float(coarse[j][self.masks[i][j]].sum())
+        return {"strehl": strehl, "core": core}
 
 
 # ---- MTF on the device ---------------------------------------------------------------------------------------

@@ -24,7 +24,8 @@ import torch
 
 from lensdesign.analysis import figures
 from lensdesign.analysis import metrics as M
-from lensdesign.analysis.psfs import FieldAnalyzer, mtf_at_frequency, oversample_for_frequency, radial_mtf
+from lensdesign.analysis.psfs import FieldAnalyzer
+from lensdesign.analysis.radial import RadialFieldAnalyzer
 from lensdesign.analysis.report_model import (
     AnalysisSettings,
     AsBuilt,
@@ -44,8 +45,12 @@ from lensdesign.baselines import cubic_height, default_cubic_strength, fresnel_h
 from lensdesign.errors import LensdesignError
 from lensdesign.evaluation import Evaluator
 from lensdesign.fabrication.quantize import staircase_efficiency
+from lensdesign.optics.hankel import choose_path
 from lensdesign.rundir import RunDir, Summary, atomic_write_bytes, atomic_write_json, atomic_write_text
 from lensdesign.spec import Spec
+
+Analyzer = FieldAnalyzer | RadialFieldAnalyzer
+"""The field analysis of a design: the 2-D grid, or the 1-D ring path for ring designs."""
 
 Progress = Callable[[str, int, int], None]
 """progress(stage description, done, total): called as each long stage advances."""
@@ -160,18 +165,14 @@ def dense_depths(spec: Spec, points: int) -> list[float]:
 # ---- PSF analysis --------------------------------------------------------------------------------------------
 
 
-def analyse_psfs(fa: FieldAnalyzer, height: np.ndarray, depths: list[float], oversample: int,
+def analyse_psfs(fa: Analyzer, height: np.ndarray, depths: list[float], oversample: int,
                  progress: Callable[[int], None] | None = None) -> PSFAnalysis:
     """Finely sampled PSFs of `height` at `depths`: Strehl, EE80, FWHM, radial and axis MTF, display crops."""
     wl = fa.wavelengths
     pitch = fa.fine_pitch_for(oversample)
     fc_max = max(M.cutoff_frequency(fa.spec.optics.aperture, w, fa.spec.optics.sensor_distance) for w in wl)
-    ref = fa.reference_peaks()
     d, w = len(depths), len(wl)
-    k = fa.m * oversample
-    c = k // 2
-    hw = min(CROP_HALF, c - 1)
-    crops = np.empty((d, w, 2 * hw + 1, 2 * hw + 1), dtype=np.float32)
+    crops: list[np.ndarray] = []
     totals = np.empty((d, w))
     strehl = np.empty((d, w))
     ee80 = np.empty((d, w))
@@ -180,12 +181,9 @@ def analyse_psfs(fa: FieldAnalyzer, height: np.ndarray, depths: list[float], ove
     mtfs, los, his, sags, tans = [], [], [], [], []
     freq = cut_f = np.zeros(0)
     asym = 0.0
-    for i, su in fa.iter_depths(height, depths):
-        coarse = fa.coarse_intensity(su)
-        peaks, _ = fa.refined_peaks(su, coarse)
-        strehl[i] = peaks / ref
-        fine = fa.fine_intensity(su, oversample)
-        rm = radial_mtf(fine, pitch, 1.05 * fc_max)
+    for i, dp in fa.depth_psfs(height, depths, oversample, 1.05 * fc_max, CROP_HALF):
+        strehl[i] = dp.strehl
+        rm = dp.mtf
         freq, cut_f = rm.freq, rm.cut_freq
         mtfs.append(rm.mean)
         los.append(rm.lo)
@@ -193,78 +191,38 @@ def analyse_psfs(fa: FieldAnalyzer, height: np.ndarray, depths: list[float], ove
         sags.append(rm.sagittal)
         tans.append(rm.tangential)
         asym = max(asym, rm.asymmetry(0.9 * fc_max))
-        crop_t = fine[:, c - hw:c + hw + 1, c - hw:c + hw + 1]
-        totals[i] = fine.sum(dim=(-2, -1)).double().cpu().numpy()
-        crops[i] = crop_t.cpu().numpy()
+        totals[i] = dp.totals
+        crops.append(dp.crops)
+        hw = dp.crops.shape[-1] // 2
         for j in range(w):
-            cr = crops[i, j].astype(np.float64)
+            cr = dp.crops[j].astype(np.float64)
             cen = M.centroid(cr)
             ee80[i, j] = M.ee_radius(cr, pitch, 0.8, center=cen, total=totals[i, j])
             if math.isnan(ee80[i, j]):  # more than 20 % of the light outside the crop: use the whole field
-                full = fine[j].double().cpu().numpy()
-                ee80[i, j] = M.ee_radius(full, pitch, 0.8)
+                ee80[i, j] = dp.ee_whole(j, 0.8)
             r95[i, j] = M.ee_radius(cr, pitch, 0.95, center=(hw, hw), total=totals[i, j])
             fw[i, j] = M.fwhm(cr, pitch)
-        del fine
+        del dp
         if progress is not None:
             progress(i + 1)
-    return PSFAnalysis(depths=list(depths), wavelengths=list(wl), pitch=pitch, oversample=oversample, crops=crops,
-                       totals=totals, strehl=strehl, ee80=ee80, r95=r95, fwhm=fw, mtf_freq=freq,
+    return PSFAnalysis(depths=list(depths), wavelengths=list(wl), pitch=pitch, oversample=oversample,
+                       crops=np.stack(crops), totals=totals, strehl=strehl, ee80=ee80, r95=r95, fwhm=fw, mtf_freq=freq,
                        mtf=np.stack(mtfs), mtf_lo=np.stack(los), mtf_hi=np.stack(his), cut_freq=cut_f,
                        sagittal=np.stack(sags), tangential=np.stack(tans), asymmetry=asym)
 
 
-def through_depth(fa: FieldAnalyzer, heights: dict[str, np.ndarray], depths: list[float], f0: float,
-                  progress: Callable[[int], None] | None = None) -> dict[str, np.ndarray]:
-    """MTF (D, W) at f0 (cycles/m) against depth for each named height map."""
-    u = oversample_for_frequency(fa.spec, fa.dx, fa.m, f0)
-    pitch = fa.fine_pitch_for(u)
-    out: dict[str, np.ndarray] = {}
+def through_depth(analyzer_of: Callable[[str], Analyzer], heights: dict[str, np.ndarray], depths: list[float],
+                  f0: float, progress: Callable[[int], None] | None = None) -> dict[str, np.ndarray]:
+    """MTF (D, W) at f0 (cycles/m) against depth for each named height map, each with `analyzer_of(name)`."""
     done = 0
-    for name, h in heights.items():
-        v = np.empty((len(depths), len(fa.wavelengths)))
-        for i, su in fa.iter_depths(h, depths):
-            v[i] = mtf_at_frequency(fa.fine_intensity(su, u), pitch, f0)
-            done += 1
-            if progress is not None:
-                progress(done)
-        out[name] = v
-    return out
 
+    def step() -> None:
+        nonlocal done
+        done += 1
+        if progress is not None:
+            progress(done)
 
-class CoreMeter:
-    """Strehl ratio and energy in the central core (radius 1.22 λN, around the continuous design's peak) per
-    (depth, wavelength), on the simulation grid: the quantities the fabrication Monte Carlo tracks."""
-
-    def __init__(self, fa: FieldAnalyzer, depths: list[float], continuous: np.ndarray) -> None:
-        self.fa = fa
-        self.depths = depths
-        m = fa.m
-        self.masks: list[list[torch.Tensor]] = []
-        idx = torch.arange(m, device=fa.device)
-        for _, su in fa.iter_depths(continuous, depths):
-            _, peaks_at = fa.refined_peaks(su, fa.coarse_intensity(su))
-            row = []
-            for j, (iy, ix) in enumerate(peaks_at):
-                r = M.airy_first_zero(fa.wavelengths[j], fa.f_number) / fa.dx
-                dy = (idx - iy + m // 2) % m - m // 2
-                dx = (idx - ix + m // 2) % m - m // 2
-                row.append((dy[:, None] ** 2 + dx[None, :] ** 2) <= r * r)
-            self.masks.append(row)
-
-    def __call__(self, height: np.ndarray) -> dict[str, np.ndarray]:
-        fa = self.fa
-        ref = fa.reference_peaks()
-        d, w = len(self.depths), len(fa.wavelengths)
-        strehl = np.empty((d, w))
-        core = np.empty((d, w))
-        for i, su in fa.iter_depths(height, self.depths):
-            coarse = fa.coarse_intensity(su)
-            peaks, _ = fa.refined_peaks(su, coarse)
-            strehl[i] = peaks / ref
-            for j in range(w):
-                core[i, j] = float(coarse[j][self.masks[i][j]].sum())
-        return {"strehl": strehl, "core": core}
+    return {name: analyzer_of(name).mtf_at(h, depths, f0, step) for name, h in heights.items()}
 
 
 # ---- image quality ---------------------------------------------------------------------------------------------
@@ -286,6 +244,7 @@ class ImageQuality:
         self.heights = heights
         self.ev = Evaluator(ctx.spec, ctx.settings.device)
         self.cpu_ev = self.ev if self.ev.device.type == "cpu" else Evaluator(ctx.spec, "cpu")  # example images
+        self._grid: dict[bool, Evaluator] = {}
         self.source = "unavailable"
         self.result: dict[str, Any] = {}
         self.gammas: dict[str, Any] = {}
@@ -297,17 +256,29 @@ class ImageQuality:
             self._images = self.ev.validation_set(count=self.ctx.settings.validation_images, seed=self.ctx.settings.seed)
         return self._images
 
-    def evaluate(self, height: np.ndarray, gamma: Any = None, learned: bool = False) -> dict[str, Any]:
+    def evaluator(self, name: str, cpu: bool = False) -> Evaluator:
+        """The evaluator for the design `name` (the report's device, or the CPU for example images): the 2-D grid
+        for the cubic plate, which is not a ring design, when the spec's pipeline is on the 1-D ring path."""
+        ev = self.cpu_ev if cpu else self.ev
+        if name != "cubic":
+            return ev
+        if cpu not in self._grid:
+            self._grid[cpu] = ev.on_grid()
+        return self._grid[cpu]
+
+    def evaluate(self, height: np.ndarray, gamma: Any = None, learned: bool = False, name: str = "design",
+                 with_ssim: bool = True) -> dict[str, Any]:
         """evaluate_height on the report's validation images (cached: identical heights and γ are evaluated once).
 
-        `learned`: reconstruct with the run's U-Net too (for the design and its fabricated variants)."""
+        `learned`: reconstruct with the run's U-Net too (for the design and its fabricated variants); `name`: the
+        design's name (picks the evaluator, see `evaluator`); `with_ssim` False: PSNR only."""
         h = np.ascontiguousarray(height, dtype=np.float32)
         recon = self.ctx.recon if learned else None
-        key = (hashlib.sha1(h.tobytes()).hexdigest(), json.dumps(gamma), recon is not None)
+        key = (hashlib.sha1(h.tobytes()).hexdigest(), json.dumps(gamma), recon is not None, with_ssim)
         if key not in self._cache:
             kw = {"recon": recon} if recon is not None else {}
-            self._cache[key] = self.ev.evaluate_height(h, gamma=gamma, seed=self.ctx.settings.seed, images=self.images(),
-                                                       **kw)
+            self._cache[key] = self.evaluator(name).evaluate_height(h, gamma=gamma, seed=self.ctx.settings.seed,
+                                                                    images=self.images(), with_ssim=with_ssim, **kw)
         return self._cache[key]
 
     def run(self) -> None:
@@ -325,7 +296,7 @@ class ImageQuality:
         out: dict[str, Any] = {}
         for k, name in enumerate(names):
             gamma = self.gammas.get("design") if name == "design (quantized)" else None
-            r = self.evaluate(self.heights[name], gamma, learned=name.startswith("design"))
+            r = self.evaluate(self.heights[name], gamma, learned=name.startswith("design"), name=name)
             self.gammas[name] = r.get("gamma")
             out[name] = r
             self.ctx.progress("image quality (PSNR / SSIM)", k + 1, len(names))
@@ -361,8 +332,9 @@ class ImageQuality:
     def gamma_of(self, name: str) -> Any:
         """The Wiener γ of `name` (tuned on one validation image when neither summary.json nor evaluation gave one)."""
         if self.gammas.get(name) is None:
-            self.gammas[name] = self.ev.evaluate_height(self.heights[name], gamma=None, seed=self.ctx.settings.seed,
-                                                        images=self.images()[:1]).get("gamma")
+            self.gammas[name] = self.evaluator(name).evaluate_height(self.heights[name], gamma=None,
+                                                                     seed=self.ctx.settings.seed,
+                                                                     images=self.images()[:1]).get("gamma")
         return self.gammas[name]
 
     def examples(self, names: list[str], depths: list[float]) -> tuple[np.ndarray, list[Any]]:
@@ -376,14 +348,11 @@ class ImageQuality:
         for name in names:
             gamma = self.gamma_of(name)
             kw = {"recon": ctx.recon} if name == "design" and ctx.recon is not None else {}
-            cells = []
-            for z in depths:
-                sensor, recon = self.cpu_ev.simulate_examples(self.heights[name], gamma, z, img[0],
-                                                              seed=ctx.settings.seed, **kw)
-                cells.append((np.asarray(sensor), np.asarray(recon), f"{M.psnr_db(recon, truth):.1f} dB"))
-                done += 1
-                ctx.progress("example images", done, total)
-            rows.append((name, cells))
+            sims = self.evaluator(name, cpu=True).simulate_examples_at(self.heights[name], gamma, depths, img[0],
+                                                                       seed=ctx.settings.seed, **kw)
+            rows.append((name, [(sensor, recon, f"{M.psnr_db(recon, truth):.1f} dB") for sensor, recon in sims]))
+            done += len(depths)
+            ctx.progress("example images", done, total)
         return truth, rows
 
 
@@ -404,11 +373,14 @@ def _as_built(settings: ReportSettings, samples: list[dict[str, Any]], cont: dic
                    psnr_db_samples=ps.tolist())
 
 
-def fabrication(ctx: ReportContext, fa: FieldAnalyzer, iq: ImageQuality) -> tuple[Fabrication, bytes | None]:
-    """Continuous vs quantized vs as-built: Strehl, core-energy efficiency and PSNR; with the spread figure."""
+def fabrication(ctx: ReportContext, fa: Analyzer, iq: ImageQuality) -> tuple[Fabrication, bytes | None]:
+    """Continuous vs quantized vs as-built: Strehl, core-energy efficiency and PSNR; with the spread figure.
+
+    Ring designs on the 1-D path: each as-built element is averaged over each ring (`ring_design`), its
+    rotationally symmetric part; errors that break the symmetry (a decentred mask) are not modelled."""
     s = ctx.settings
     errors = FabricationErrors.from_spec(ctx.spec, max_height=ctx.max_height, levels=ctx.levels, pitch=fa.dx)
-    meter = CoreMeter(fa, ctx.spec.depths_m, ctx.height)
+    meter = fa.core_meter(ctx.spec.depths_m, ctx.height)
     cont = meter(ctx.height)
     quant = meter(ctx.quantized)
     # one γ for continuous, quantized and as built: the design's (from summary.json or tuned on the continuous map)
@@ -419,8 +391,9 @@ def fabrication(ctx: ReportContext, fa: FieldAnalyzer, iq: ImageQuality) -> tupl
     iq.gammas.setdefault("design", gamma)
 
     def evaluate(h: np.ndarray) -> dict[str, Any]:
+        h = fa.ring_design(h)
         r: dict[str, Any] = dict(meter(h))
-        r["psnr_db"] = float(iq.evaluate(h.astype(np.float32), gamma, learned=True)["mean_psnr_db"])
+        r["psnr_db"] = float(iq.evaluate(h.astype(np.float32), gamma, learned=True, with_ssim=False)["mean_psnr_db"])
         return r
 
     samples = monte_carlo(ctx.height, errors, s.samples, s.seed, evaluate,
@@ -469,7 +442,7 @@ def diffraction_limits(spec: Spec) -> list[DiffractionLimit]:
 class Analysis:
     """What the analysis stages found: the input of the figures and of the typed report. Frequencies in cycles/m."""
 
-    fa: FieldAnalyzer
+    fa: Analyzer
     f0: float  # through-depth MTF frequency
     limits: list[DiffractionLimit]
     psfa: PSFAnalysis
@@ -489,7 +462,7 @@ class Analysis:
         return self.psfa.asymmetry > ASYMMETRY_LIMIT
 
 
-def _through_depth_frequency(ctx: ReportContext, fa: FieldAnalyzer, limits: list[DiffractionLimit]) -> float:
+def _through_depth_frequency(ctx: ReportContext, fa: Analyzer, limits: list[DiffractionLimit]) -> float:
     """The through-depth MTF frequency (cycles/m): the requested one, else half the output grid's Nyquist."""
     s = ctx.settings
     f0 = s.mtf_frequency if s.mtf_frequency is not None else ctx.nyquist / 2
@@ -504,26 +477,46 @@ def _through_depth_frequency(ctx: ReportContext, fa: FieldAnalyzer, limits: list
     return f0
 
 
+def ring_analysis(ctx: ReportContext) -> bool:
+    """Whether the run's design is a ring design on the 1-D path (a radial design of a spec that takes that path)."""
+    return choose_path(ctx.spec).radial and ctx.meta.get("parameterization") == "radial"
+
+
 def analyse(ctx: ReportContext) -> Analysis:
     """PSFs of the design, through-depth MTF against the baselines, image quality, fabrication, example images."""
     spec = ctx.spec
-    fa = FieldAnalyzer(spec, device=ctx.settings.device)
+    rings = ring_analysis(ctx)
+    fa: Analyzer = RadialFieldAnalyzer(spec, ctx.settings.device) if rings else FieldAnalyzer(spec, ctx.settings.device)
+    if rings:
+        ctx.notes.append(f"ring design: PSFs, MTF, Strehl and the as-built Monte Carlo on the 1-D path ({fa.label}); "
+                         "the cubic plate on the 2-D grid; as-built elements averaged over each ring")
+    grid: list[FieldAnalyzer] = [fa] if isinstance(fa, FieldAnalyzer) else []
+
+    def analyzer_of(name: str) -> Analyzer:
+        if name != "cubic" or not rings:
+            return fa
+        if not grid:  # the cubic plate is not a ring design: the 2-D grid, built when first needed
+            grid.append(FieldAnalyzer(spec, ctx.settings.device))
+        return grid[0]
+
     depths = spec.depths_m
     limits = diffraction_limits(spec)
     f0 = _through_depth_frequency(ctx, fa, limits)
     with ctx.timed("psf"):
-        u_table = max(fa.oversample, 2) if fa.m * 2 <= 4096 else fa.oversample
-        psfa = analyse_psfs(fa, ctx.height, depths, u_table,
+        psfa = analyse_psfs(fa, ctx.height, depths, fa.table_oversample(),
                             lambda i: ctx.progress("PSF, MTF, Strehl per depth", i, len(depths)))
     with ctx.timed("through_depth"):
         strength, strength_src = cubic_strength(ctx)
+        fresnel = fa.system.lens_map() if isinstance(fa, RadialFieldAnalyzer) else fresnel_height(spec, fa.n)
         heights = {"design": ctx.height, "design (quantized)": ctx.quantized,
-                   "fresnel": fresnel_height(spec, fa.n).numpy().astype(np.float32),
+                   "fresnel": fresnel.numpy().astype(np.float32),
                    "cubic": cubic_height(spec, fa.n, strength).numpy().astype(np.float32)}
         zd = dense_depths(spec, ctx.settings.through_depth_points)
         td_designs = {k: heights[k] for k in ("design", "fresnel", "cubic")}
         n_td = len(zd) * len(td_designs)
-        td = through_depth(fa, td_designs, zd, f0, lambda i: ctx.progress("through-depth MTF", i, n_td))
+        td = through_depth(analyzer_of, td_designs, zd, f0, lambda i: ctx.progress("through-depth MTF", i, n_td))
+        if rings:
+            grid.clear()  # the cubic plate's 2-D field analysis is done: free its buffers
     with ctx.timed("image_quality"):
         iq = ImageQuality(ctx, heights)
         iq.run()
@@ -544,10 +537,7 @@ def _psf_figures(ctx: ReportContext, an: Analysis) -> dict[str, bytes]:
     """Height map, PSF grid (and colour composite), MTF."""
     spec, fa, psfa = ctx.spec, an.fa, an.psfa
     depths, wls = spec.depths_m, list(spec.wavelengths)
-    ref_fine = fa.reference_psf(psfa.oversample)
-    kf = ref_fine.shape[-1] // 2
-    ref_peaks_fine = ref_fine[:, kf, kf].double().cpu().numpy()
-    del ref_fine
+    ref_peaks_fine = fa.reference_peaks_fine(psfa.oversample)
     airy_r = [M.airy_first_zero(w, fa.f_number) for w in wls]
     r95 = psfa.r95[np.isfinite(psfa.r95)]
     half = float(np.clip(1.25 * (r95.max() if r95.size else 0.0), 6 * max(airy_r), CROP_HALF * psfa.pitch))
@@ -663,7 +653,7 @@ def assemble(ctx: ReportContext, an: Analysis) -> Report:
         run=str(ctx.run.path), name=spec.name, design_kind=ctx.meta.get("kind"),
         settings=AnalysisSettings(mtf_frequency_cyc_per_mm=an.f0 * 1e-3, samples=s.samples, seed=s.seed,
                                   analysis_pitch_m=psfa.pitch, simulation_pitch_m=fa.dx, oversample=psfa.oversample,
-                                  propagator=fa.propagator, field_width_m=fa.m * fa.dx),
+                                  propagator=fa.label, field_width_m=fa.m * fa.dx),
         sensor_nyquist_cyc_per_mm=ctx.nyquist * 1e-3,
         diffraction_limit=an.limits,
         psf=[PSFRow(depth_m=z, wavelength_m=w, strehl=_r(float(psfa.strehl[i, j])), ee80_radius_m=_r(float(psfa.ee80[i, j])),

@@ -76,20 +76,24 @@ def ring_count(n: int, pitch: float, width: float) -> int:
     return math.floor(r_corner / width + 1e-12) + 1
 
 
+def ring_index(n: int, pitch: float, width: float, rings: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """(n, n) int64: the ring ⌊r / width⌋ of each sample of the element grid (axis at index n // 2), at most
+    rings − 1 (the last ring reaches beyond the profile's end). The one rule of every ring ↔ grid conversion."""
+    x = (torch.arange(n, dtype=torch.float64, device=device) - n // 2) * pitch
+    return torch.floor(torch.sqrt(x[:, None] ** 2 + x[None, :] ** 2) / width).long().clamp_(max=rings - 1)
+
+
 def render_rings(profile: torch.Tensor, n: int, pitch: float, width: float) -> torch.Tensor:
     """The (n, n) height map (m) of a ring profile (J,) on the 2-D element grid (axis at index n // 2), as the
     radial surface renders it: sample (i, j) takes ring ⌊r / width⌋ (the last ring beyond the profile's end)."""
-    x = (torch.arange(n, dtype=torch.float64, device=profile.device) - n // 2) * pitch
-    r = torch.sqrt(x[:, None] ** 2 + x[None, :] ** 2)
-    return profile[torch.clamp(torch.floor(r / width).long(), max=profile.shape[0] - 1)]
+    return profile[ring_index(n, pitch, width, profile.shape[0], profile.device)]
 
 
 @functools.lru_cache(maxsize=8)
 def ring_samples(n: int, pitch: float, width: float, rings: int) -> torch.Tensor:
     """Flat index (J,) into an (n, n) grid of one sample inside each ring, with the ring of a sample computed as
     `render_rings` computes it (floating-point edges included); rings with no sample take the last one."""
-    x = (torch.arange(n, dtype=torch.float64) - n // 2) * pitch
-    idx = torch.floor(torch.sqrt(x[:, None] ** 2 + x[None, :] ** 2) / width).long().clamp_(max=rings - 1).reshape(-1)
+    idx = ring_index(n, pitch, width, rings).reshape(-1)
     first = torch.full((rings,), n * n - 1, dtype=torch.long)
     return first.scatter_reduce_(0, idx, torch.arange(n * n), reduce="amin")
 
@@ -407,12 +411,14 @@ class RadialSystem:
     `OpticalSystem.psf` for ring designs: the same grid (`plan_grid`), window, centring and normalization.
 
     The element is the ring profile (J,) in metres, ring j covering radii [j·w, (j+1)·w) with w = `ring_width`;
-    rings beyond the aperture have no effect. `dtype` float32 (training) or float64 (checks).
+    rings beyond the aperture have no effect. `dtype` float32 (training) or float64 (checks). `field_radius` (m):
+    compute fields out to at least this sensor radius (analysis of the whole field; default the PSF window).
     """
 
     def __init__(self, spec: Spec, device: torch.device | str = "cpu", depths: list[float] | None = None,
                  psf_size: int | None = None, bin_override: int | None = None, form: str = "auto",
-                 dtype: torch.dtype = torch.float32, nearest: float | None = None) -> None:
+                 dtype: torch.dtype = torch.float32, nearest: float | None = None,
+                 field_radius: float | None = None) -> None:
         self.spec = spec
         self.grid = plan_grid(spec, psf_size=psf_size, bin_override=bin_override)
         self.device = torch.device(device)
@@ -435,6 +441,8 @@ class RadialSystem:
         scales = [lam / lam_min for lam in self.wavelengths] if fresnel else [1.0] * len(self.wavelengths)
         _, count = pixel_weights(g.psf_size, g.sensor_pitch, offset, self.d_rho, 1)
         count += 2 * (math.ceil(g.sensor_pitch / self.d_rho) + 2)  # room for the sub-samples of the outer pixels
+        if field_radius is not None:
+            count = max(count, math.ceil(field_radius / self.d_rho) + 1)
         cache: dict[float, sparse.csr_matrix] = {}
         for sc in scales:
             if sc not in cache:
@@ -534,13 +542,40 @@ class RadialSystem:
     def field(self, profile: torch.Tensor, depth: float, wavelength_index: int) -> torch.Tensor:
         """Complex field (K,) at the sensor radii `radii(wavelength_index)` for one depth and wavelength,
         normalized so that ∫|u|² dA is the power that arrives (for ``fresnel`` up to a phase factor of ρ)."""
-        src = self.source_waves([depth])[0, wavelength_index]
-        phase = self.phase_per_m[wavelength_index] * profile.to(self.device, self.dtype)
-        x = src * torch.polar(torch.ones_like(phase), phase)[self.ring]
-        u = x @ self.kernel.to(x.dtype)
+        return self.fields(profile, self.source_waves([depth]))[0, wavelength_index]
+
+    def fields(self, profile: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
+        """Complex fields (D, W, K) at the sensor radii of each wavelength for ring heights `profile` (J,) in
+        metres and source factors `src` (D, W, Q) (`source_waves`)."""
+        phase = self.phase_per_m[:, None] * profile.to(self.device, self.dtype)[None, :]
+        return self.propagate_nodes(src * torch.polar(torch.ones_like(phase), phase)[:, self.ring][None])
+
+    def propagate_nodes(self, x: torch.Tensor) -> torch.Tensor:
+        """Sensor fields (…, W, K) of element fields given at the quadrature nodes (…, W, Q), source factors
+        included (as `source_waves` makes them)."""
+        u = _real_matmul(x, self.kernel)
         if self.transfer is None:
             return u
-        return (u * self.transfer[wavelength_index]) @ self.series.to(x.dtype)
+        return _real_matmul(u * self.transfer, self.series)
+
+    def ideal_nodes(self) -> torch.Tensor:
+        """(W, Q) complex: the element field of a perfect lens imaging the on-axis point at infinity onto the
+        sensor, at the nodes (normalized as `source_waves`): its PSF is the diffraction-limited reference. For
+        ``fresnel`` the paraxial lens −πr²/(λz) cancels the chirp; for ``asm`` a converging spherical wave."""
+        r = self.quad.r
+        out = np.empty((len(self.wavelengths), len(r)), dtype=np.complex128)
+        for j, lam in enumerate(self.wavelengths):
+            if self.choice.kind == "fresnel":
+                out[j] = self.amplitude / (lam * self.z)
+            else:
+                out[j] = self.amplitude * np.exp(-2j * np.pi / lam * (np.sqrt(r**2 + self.z**2) - self.z))
+        return torch.from_numpy(out).to(self.device, _complex(self.dtype))
+
+
+def _real_matmul(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """Complex x (…, Q) times a real matrix m (Q, K) as one real product of the stacked real and imaginary parts."""
+    ri = torch.view_as_real(x).transpose(-1, -2) @ m.to(x.real.dtype)  # (…, 2, K)
+    return torch.complex(ri[..., 0, :], ri[..., 1, :])
 
 
 def _complex(dtype: torch.dtype) -> torch.dtype:

@@ -136,17 +136,25 @@ class Bench:
         with torch.no_grad():
             stack, _ = pipe.psfs(as_height(height_m, dev))
             self.ref = stack.mean(0)
-            sigma = torch.full((scenes.shape[0],), eval_read_noise(spec.sensor.read_noise))
+            self.sigma = torch.full((scenes.shape[0],), eval_read_noise(spec.sensor.read_noise))
             self.depths = pipe.task.eval_depths()
-            self.plans: list[WienerPlan] = []
-            self.tune_plans: list[WienerPlan] = []
-            k = pipe.factor
-            for i in range(len(self.depths)):
-                clean = pipe.irradiance(scenes, stack[i:i + 1])
-                y = pipe.noisy(clean, sigma, noise_generator(seed, i), differentiable=False)
-                yt = pipe.noisy(clean, sigma, noise_generator(seed + _NOISE_SEED, i), differentiable=False)
-                self.plans.append(WienerPlan(y, self.ref, factor=k))
-                self.tune_plans.append(WienerPlan(yt, self.ref, factor=k))
+            self.seed = seed
+            self.cleans = [pipe.irradiance(scenes, stack[i:i + 1]) for i in range(len(self.depths))]
+            self.plans = self._plans(seed)
+        self._tune_plans: list[WienerPlan] | None = None
+
+    def _plans(self, seed: int) -> list[WienerPlan]:
+        """Wiener plans of the sensor images with noise draw `seed` (one generator per depth)."""
+        return [WienerPlan(self.pipe.noisy(c, self.sigma, noise_generator(seed, i), differentiable=False), self.ref,
+                           factor=self.pipe.factor) for i, c in enumerate(self.cleans)]
+
+    @property
+    def tune_plans(self) -> list[WienerPlan]:
+        """Plans of a second, independent noise draw for tuning γ (made when first needed)."""
+        if self._tune_plans is None:
+            with torch.no_grad():
+                self._tune_plans = self._plans(self.seed + _NOISE_SEED)
+        return self._tune_plans
 
     def reconstruct(self, plan: WienerPlan, gamma: float | torch.Tensor) -> torch.Tensor:
         """Reconstruction of one plan's images with γ: Wiener, then the U-Net of `recon` if any."""
@@ -165,19 +173,21 @@ class Bench:
         return golden_max(lambda lg: float(np.mean(self.psnr_per_depth(10.0**lg, tuning=True))), *LOG10_GAMMA_RANGE,
                           iters=iters, grid=9, transform=lambda lg: 10.0**lg)
 
-    def report(self, gamma: float | torch.Tensor | None, upsampled: bool = False) -> dict[str, Any]:
+    def report(self, gamma: float | torch.Tensor | None, upsampled: bool = False,
+               with_ssim: bool = True) -> dict[str, Any]:
         """Per-depth PSNR and SSIM on the evaluation draw for `gamma`; `upsampled`: of the sensor images
-        upsampled to the output grid without any deconvolution (the bicubic baseline; `gamma` unused)."""
+        upsampled to the output grid without any deconvolution (the bicubic baseline; `gamma` unused);
+        `with_ssim` False leaves SSIM out (None)."""
         per = []
         with torch.no_grad():
             for z, p in zip(self.depths, self.plans, strict=True):
                 x = p.upsampled if upsampled or gamma is None else self.reconstruct(p, gamma)
                 per.append({"depth_m": None if math.isinf(z) else float(z),
                             "psnr_db": round(float(psnr(x, self.target).mean()), 4),
-                            "ssim": round(float(np.mean(ssim(x, self.target))), 5)})
+                            "ssim": round(float(np.mean(ssim(x, self.target))), 5) if with_ssim else None})
         g = gamma.detach().cpu().tolist() if isinstance(gamma, torch.Tensor) else gamma
         return {"mean_psnr_db": round(float(np.mean([d["psnr_db"] for d in per])), 4),
-                "mean_ssim": round(float(np.mean([d["ssim"] for d in per])), 5),
+                "mean_ssim": round(float(np.mean([d["ssim"] for d in per])), 5) if with_ssim else None,
                 "worst_psnr_db": round(float(min(d["psnr_db"] for d in per)), 4),
                 "per_depth": per, "gamma": None if upsampled else g}
 
@@ -238,13 +248,14 @@ class Evaluator:
         return Bench(self, height_m, seed, images, recon)
 
     def evaluate_height(self, height_m: Any, *, gamma: Gamma | None = None, seed: int = 0,
-                        images: torch.Tensor | None = None, recon: WienerReconstruction | None = None) -> dict[str, Any]:
+                        images: torch.Tensor | None = None, recon: WienerReconstruction | None = None,
+                        with_ssim: bool = True) -> dict[str, Any]:
         """PSNR / SSIM of a height map (N, N) in metres at every evaluation depth (see the module docstring).
 
         `gamma`: the Wiener regularizer (scalar or one per channel); None tunes it (or, with a U-Net `recon`,
         takes its learned γ). `images`: scenes with the PSF margin (B, C, H + P − 1, W + P − 1) as from
         `validation_set`; default the held-out validation set. `recon`: a learned reconstruction with a U-Net
-        (moved to this evaluator's device).
+        (moved to this evaluator's device). `with_ssim` False: PSNR only (SSIM None, faster).
         """
         with self.threads():
             net = learned_recon(recon)
@@ -260,7 +271,7 @@ class Evaluator:
                 gamma_t = torch.as_tensor(src, dtype=torch.float32, device=bench.pipe.device)
                 if gamma_t.dim() == 0:
                     gamma_t = float(gamma_t)
-            out = bench.report(gamma_t)
+            out = bench.report(gamma_t, with_ssim=with_ssim)
         out["gamma_tuned"] = tuned
         out["reconstruction"] = "wiener" if net is None else net.kind
         return out
@@ -275,19 +286,26 @@ class Evaluator:
         k × k). Noise: evaluation σ, seeded by `seed`. `recon`: a learned reconstruction with a U-Net (else
         Wiener with γ). Runs on this evaluator's pipeline, which must be on the CPU (as `simulate_examples`).
         """
+        return self.simulate_examples_at(height_m, gamma, [depth_m], image, seed, recon)[0]
+
+    def simulate_examples_at(self, height_m: Any, gamma: Gamma, depths_m: list[float], image: Any, seed: int = 0,
+                             recon: WienerReconstruction | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+        """`simulate_examples` at several depths (m), the PSFs computed once: [(sensor, reconstruction)] per depth."""
         pipe = self.pipe
         img = image.detach().cpu().float() if isinstance(image, torch.Tensor) else torch.from_numpy(
             np.moveaxis(np.asarray(image, dtype=np.float32), -1, 0).copy())
         if img.dim() == 3:
             img = img[None]
         img = crop_to_factor(img, pipe.factor)
-        with self.threads(), torch.no_grad():
-            ref, at = pipe.psfs(as_height(height_m, pipe.device), [float(depth_m)])
-            y, x, _ = image_through(pipe, convolve_same(img, at), ref.mean(0), gamma,
-                                    None if recon is None else recon.cpu(), seed)
-            y = upsample(y, pipe.factor, "nearest")
         to_np = lambda t: np.moveaxis(t[0].clamp(0, 1).cpu().numpy(), 0, -1).astype(np.float32)  # noqa: E731
-        return to_np(y), to_np(x)
+        out = []
+        with self.threads(), torch.no_grad():
+            ref, at = pipe.psfs(as_height(height_m, pipe.device), [float(z) for z in depths_m])
+            for i in range(len(depths_m)):
+                y, x, _ = image_through(pipe, convolve_same(img, at[i:i + 1]), ref.mean(0), gamma,
+                                        None if recon is None else recon.cpu(), seed)
+                out.append((to_np(upsample(y, pipe.factor, "nearest")), to_np(x)))
+        return out
 
 
 def validation_set(spec: Spec, count: int | None = None, seed: int = 0) -> torch.Tensor:

@@ -58,6 +58,39 @@ def test_propagation_of_a_zero_padded_field_equals_that_of_the_element_field() -
     assert torch.allclose(F.propagate_to_window(padded, hw, 20), F.propagate_to_window(x, hw, 20), atol=1e-14)
 
 
+@pytest.mark.parametrize("k", [3 * B, P * B])  # window smaller and larger than the element
+def test_pruned_transforms_equal_the_full_ones(k: int) -> None:
+    """The pruned forward and adjoint (used from `PRUNE_MIN`) compute the same fields as the full 2-D transforms."""
+    hw = _unitary_transfer(M, 20)
+    x = torch.nn.functional.pad(_crandn(N, N, seed=21), (0, M - N, 0, M - N))
+    full = F.propagate_to_window(x, hw, k)
+    assert torch.allclose(F.propagate_to_window_pruned(x, hw, k), full, rtol=0, atol=1e-12 * float(full.abs().max()))
+    y = _crandn(k, k, seed=22)
+    padded = torch.nn.functional.pad(y, (0, M - k, 0, M - k))
+    want = F.propagate_conj_adjoint(padded, hw, N)
+    got = F.propagate_conj_adjoint_pruned(y, hw, N)
+    assert got.shape == (N, N) and torch.allclose(got, want, rtol=0, atol=1e-12 * float(want.abs().max()))
+
+
+def test_psf_stack_with_pruned_transforms(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The PSF stack and its gradient are the same with the pruned transforms forced on a small grid."""
+    spec = _f20_spec(2e-6)
+    system = OpticalSystem(spec)
+    h0 = (fresnel_height(spec, system.grid.n).float() + 1e-7 * torch.rand(system.grid.n, system.grid.n,
+                                                                           generator=_gen(23)))
+    weights = torch.rand(system.shape, generator=_gen(24))
+    out = {}
+    for prune_min in (10**9, 0):
+        monkeypatch.setattr(F, "PRUNE_MIN", prune_min)
+        h = h0.clone().requires_grad_(True)
+        stack = system.psf(h)
+        (stack * weights).sum().backward()
+        out[prune_min] = (stack.detach(), h.grad)
+    (s_full, g_full), (s_pruned, g_pruned) = out[10**9], out[0]
+    assert torch.allclose(s_pruned, s_full, rtol=1e-4, atol=1e-6 * float(s_full.max()))
+    assert torch.allclose(g_pruned, g_full, rtol=1e-3, atol=1e-4 * float(g_full.abs().max()))
+
+
 def test_binning_adjoint_identity() -> None:
     x, y = _crandn(P * B, P * B, seed=5), _crandn(P, P, seed=6)
     bx, bty = F.bin_pixels(x, B), F.spread_pixels(y, B)

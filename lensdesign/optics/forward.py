@@ -124,6 +124,33 @@ def propagate_conj_adjoint(padded: torch.Tensor, h_window: torch.Tensor, n: int)
     return torch.fft.fft2(f)[..., :n, :n]
 
 
+PRUNE_MIN = 1536
+"""Padded grids from this size on use the pruned transforms (`propagate_to_window_pruned`,
+`propagate_conj_adjoint_pruned`): measured 1.13–1.21× faster forward and 1.12–1.18× adjoint per PSF at M = 1536 …
+3750 on one CPU thread, slower below M ≈ 1024 (`make bench`)."""
+
+
+def propagate_to_window_pruned(padded: torch.Tensor, h_window: torch.Tensor, k: int) -> torch.Tensor:
+    """`propagate_to_window` of a zero-padded field (…, M, M) with the inverse transform pruned to the window: the
+    transform along x runs over all M rows, the one along y only over the window's k columns (on a transposed
+    copy, so both are contiguous row transforms). Returns the window field (…, k, k) as a transposed view."""
+    spec = sensor_spectrum(padded, h_window)
+    cols = torch.fft.ifft(spec, dim=-1)[..., :k]  # (…, M, k): the window's columns, still a spectrum along y
+    del spec
+    return torch.fft.ifft(cols.transpose(-1, -2).contiguous(), dim=-1)[..., :k].transpose(-1, -2)
+
+
+def propagate_conj_adjoint_pruned(window: torch.Tensor, h_window: torch.Tensor, n: int) -> torch.Tensor:
+    """`propagate_conj_adjoint` from the window alone, `window` = conj y (…, k, k): the first inverse transform
+    runs along y over the window's k columns only (zero-padded to M), then along x over all M rows."""
+    m = h_window.shape[-1]
+    cols = torch.fft.ifft(window.transpose(-1, -2), n=m, dim=-1)  # (…, k, M): x, then the y frequency
+    f = torch.fft.ifft(cols.transpose(-1, -2).contiguous(), n=m, dim=-1)  # (…, M, M)
+    del cols
+    f.mul_(h_window)
+    return torch.fft.fft2(f)[..., :n, :n]
+
+
 def propagate_to_window_adjoint(y: torch.Tensor, h_window: torch.Tensor, n: int) -> torch.Tensor:
     """Aᴴ y (…, n, n) for a window field y (…, k, k): the adjoint of `propagate_to_window`."""
     m = h_window.shape[-1]

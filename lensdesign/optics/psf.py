@@ -23,11 +23,14 @@ from dataclasses import dataclass, field
 import torch
 
 from lensdesign.errors import SpecError
+from lensdesign.optics import forward
 from lensdesign.optics.forward import (
     Scratch,
     binned_intensity_into,
     propagate_conj_adjoint,
+    propagate_conj_adjoint_pruned,
     propagate_to_window,
+    propagate_to_window_pruned,
     psf_reference,
     spread_times_into,
     transmission,
@@ -204,7 +207,8 @@ class PSFStack(torch.autograd.Function):
     """Height map (N, N) → PSF stack (D, W, P, P): the functions of `lensdesign.optics.forward` with the adjoint
     written out.
 
-    Forward and backward each cost one padded fft2+ifft2 pair per PSF, computed one PSF at a time into a
+    Forward and backward each cost one padded fft2+ifft2 pair per PSF (on grids from `forward.PRUNE_MIN`, with
+    the transform on the window's side pruned to the window), computed one PSF at a time into a
     reused zero-padded buffer (measured faster on the CPU than batching, whose large allocations are
     page-faulted on every call). Each PSF's (M, M) FFT outputs are released before the next PSF's are
     allocated, so the allocator hands back the same warm memory; holding one across iterations measured
@@ -223,10 +227,11 @@ class PSFStack(torch.autograd.Function):
         saved = torch.empty(dd, ww, k, k, dtype=torch.complex64, device=height.device)  # conj(u) on the window
         pad = s.scratch.get("forward", height.device)  # only the element corner is rewritten for each PSF
         corner = pad[:n, :n]
+        propagate = propagate_to_window_pruned if g.m >= forward.PRUNE_MIN else propagate_to_window
         for w in range(ww):
             for d in range(dd):
                 torch.mul(src_all[d, w], t[w], out=corner)
-                u = propagate_to_window(pad, s.h_window[w], k)
+                u = propagate(pad, s.h_window[w], k)
                 binned_intensity_into(u, saved[d, w], out[d, w], g.bin)
                 del u  # free the (M, M) field before the next PSF allocates: keeps the allocator on warm pages
         ctx.system = s
@@ -251,7 +256,9 @@ class PSFStack(torch.autograd.Function):
             acc.zero_()
             for d in range(dd):
                 spread_times_into(gi[d, w], saved[d, w], window, g.bin)  # conj of the window gradient
-                v = propagate_conj_adjoint(pad, s.h_window[w], n)  # conj of the element-plane gradient gU
+                # conj of the element-plane gradient gU
+                v = (propagate_conj_adjoint_pruned(window, s.h_window[w], n) if g.m >= forward.PRUNE_MIN
+                     else propagate_conj_adjoint(pad, s.h_window[w], n))
                 acc.addcmul_(src_all[d, w], v)  # Σ_d src · conj(gU) = conj(dL/dt), since U = src · t
                 del v  # as in forward
             transmission_vjp(t[w:w + 1], s.phase_per_m[w:w + 1], acc.conj()[None], out=grad_h)

@@ -86,6 +86,7 @@ def test_radial_run_end_to_end(tmp_path: Path, cli) -> None:
     assert r.returncode == 0, r.stderr
     s = json.loads((run / "summary.json").read_text())
     assert set(s["baselines"]) == {"fresnel", "achromat", "cubic"}
+    assert "diffractive achromat" in r.stdout and "vs diffractive achromat" in _flat(r.stdout)  # table and gains
     base = s["baselines"]
     assert s["design"]["mean_psnr_db"] > base["fresnel"]["mean_psnr_db"]
     # the achromat focuses all three wavelengths at the focus depth: better than the Fresnel lens there

@@ -104,6 +104,9 @@ def _summary_table(summary: dict[str, Any]) -> Table:
         t.add_row("  same design, Wiener only", cell(d["wiener_only"]), "", _gamma(d["wiener_only"]["gamma"]) + " tuned")
     t.add_row("Fresnel lens (Wiener)", cell(b["fresnel"]), cell(b["fresnel"].get("quantized")),
               _gamma(b["fresnel"]["gamma"]) + " tuned")
+    if "achromat" in b:
+        t.add_row("diffractive achromat (rings)", cell(b["achromat"]), cell(b["achromat"].get("quantized")),
+                  _gamma(b["achromat"]["gamma"]) + " tuned")
     if "cubic" in b:
         t.add_row(f"cubic plate (α = {b['cubic']['strength_waves']:.3g} waves)", cell(b["cubic"]),
                   cell(b["cubic"].get("quantized")), _gamma(b["cubic"]["gamma"]) + " tuned")
@@ -114,7 +117,8 @@ def _summary_table(summary: dict[str, Any]) -> Table:
 
 def _gain_line(summary: dict[str, Any]) -> str:
     gd = summary["gain_db"]
-    names = {"vs_fresnel": "Fresnel lens", "vs_cubic": "cubic plate", "vs_bicubic": "bicubic upsampling"}
+    names = {"vs_fresnel": "Fresnel lens", "vs_achromat": "diffractive achromat", "vs_cubic": "cubic plate",
+             "vs_bicubic": "bicubic upsampling"}
     parts = [f"vs {names[k]} {gd[k]:+.2f} dB" for k in names if k in gd]
     return f"design {', '.join(parts)}; quantization costs {gd['quantization_loss']:.2f} dB"
 

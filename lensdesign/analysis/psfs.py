@@ -62,13 +62,15 @@ class FieldResult:
 class DepthPSF:
     """The finely sampled PSFs of one depth (W wavelengths): `strehl` and `totals` (W,) (energy in the analysed
     field), `crops` (W, 2h + 1, 2h + 1) energy per fine sample with the axis at the centre, their radially averaged
-    `mtf`, and `ee_whole(j, fraction)`: the encircled-energy radius (m) of wavelength j over the whole field."""
+    `mtf`, and `ee_whole(j, fraction)`: the encircled-energy radius (m) of wavelength j over the whole field
+    (`whole_is_cheap`: cheap enough to size the display window with when the crops do not hold 95 %)."""
 
     strehl: np.ndarray
     totals: np.ndarray
     crops: np.ndarray
     mtf: RadialMTF
     ee_whole: Callable[[int, float], float]
+    whole_is_cheap: bool = False
 
 
 class FieldAnalyzer:

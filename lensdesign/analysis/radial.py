@@ -130,7 +130,7 @@ class RadialFieldAnalyzer:
             mtf = np.stack([self._otf(prof[j], j, freqs) for j in range(w)])
             yield i, DepthPSF(strehl=prof.max(axis=1) / self._ref.max(axis=1), totals=totals, crops=crops,
                               mtf=RadialMTF(freqs, mtf, mtf, mtf, freqs, mtf, mtf),
-                              ee_whole=lambda j, frac, p=prof: self._ee_radius(p[j], j, frac))
+                              ee_whole=lambda j, frac, p=prof: self._ee_radius(p[j], j, frac), whole_is_cheap=True)
 
     def _ee_radius(self, intensity: np.ndarray, j: int, fraction: float) -> float:
         """Radius (m) holding `fraction` of the energy in the field."""

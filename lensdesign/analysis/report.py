@@ -201,6 +201,8 @@ def analyse_psfs(fa: Analyzer, height: np.ndarray, depths: list[float], oversamp
             if math.isnan(ee80[i, j]):  # more than 20 % of the light outside the crop: use the whole field
                 ee80[i, j] = dp.ee_whole(j, 0.8)
             r95[i, j] = M.ee_radius(cr, pitch, 0.95, center=(hw, hw), total=totals[i, j])
+            if math.isnan(r95[i, j]) and dp.whole_is_cheap:
+                r95[i, j] = dp.ee_whole(j, 0.95)
             fw[i, j] = M.fwhm(cr, pitch)
         del dp
         if progress is not None:

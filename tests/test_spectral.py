@@ -174,3 +174,32 @@ def test_report_of_a_broadband_run_shows_channel_psfs(tmp_path: Path, cli) -> No
     for name in ("spectrum.png", "channel-psf.png"):
         assert (run / "report" / name).read_bytes()[:4] == b"\x89PNG"
     assert "Broadband channel PSFs" in (run / "report" / "index.html").read_text()
+
+
+@pytest.mark.parametrize("parameterization", ["pixel", "radial"])
+def test_psf_command_writes_the_pipelines_channel_psfs(tmp_path: Path, cli, parameterization: str) -> None:
+    """`psf` of a broadband run: one plane per channel, the weighted sum the pipeline images with (2-D and 1-D
+    paths), with the channels' sampled wavelengths and weights alongside."""
+    from lensdesign.rundir import RunDir
+
+    d = _small({"camera": "Nikon 5100", "samples": 3}, propagator="auto")
+    d["optics"]["parameterization"] = parameterization
+    run = tmp_path / "run"  # a ring design (the achromat) takes the 1-D path, the Fresnel lens the 2-D path
+    kind = "achromat" if parameterization == "radial" else "fresnel"
+    assert cli("baseline", write_spec(tmp_path, d), "--kind", kind, "--out", run).returncode == 0
+    r = cli("psf", run, "--out", tmp_path / "psf.npz", "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    assert "channel PSF stack" in " ".join(r.stdout.split())
+    got = np.load(tmp_path / "psf.npz")
+    spec = parse_spec(d)
+    pipe = Pipeline(spec)
+    assert pipe.radial == (parameterization == "radial")
+    with torch.no_grad():
+        _, want = pipe.psfs(torch.from_numpy(RunDir(run).load_design().height_m), spec.depths_m)
+    assert got["psf"].shape == (3, 3, 15, 15)
+    np.testing.assert_allclose(got["psf"], want.numpy(), rtol=0, atol=1e-6 * float(want.max()))
+    ch = spec.spectral
+    np.testing.assert_allclose(got["wavelengths_m"], ch.centroids_m)
+    np.testing.assert_allclose(got["sampled_wavelengths_m"], ch.wavelengths_m)
+    np.testing.assert_allclose(got["channel_weights"], ch.weights)
+    assert list(got["channels"]) == ["blue", "green", "red"]

@@ -193,13 +193,16 @@ def _psf(app: typer.Typer) -> None:
         quantized: Annotated[bool, typer.Option(help="use the height map quantized to fabrication.levels")] = False,
         device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
     ) -> None:
-        """Compute the PSF stack (depth, wavelength, y, x) of a run's design and save it as .npz or .tiff."""
+        """Compute the PSF stack (depth, wavelength, y, x) of a run's design and save it as .npz or .tiff. With
+        `spectrum`, one plane per channel: the weighted sum over its sampled wavelengths, the PSF the pipeline
+        images with (`wavelengths_m` holds the channels' mean wavelengths)."""
         import torch
 
         from lensdesign.device import pick_device
         from lensdesign.optics.hankel import RadialSystem, choose_path
         from lensdesign.optics.psf import OpticalSystem
         from lensdesign.rundir import RunDir, atomic_write_bytes
+        from lensdesign.system import mix_channels
 
         suffix = out.suffix.lower()
         if suffix not in (".npz", ".tif", ".tiff"):
@@ -209,30 +212,43 @@ def _psf(app: typer.Typer) -> None:
         d = r.load_design(s)
         h = d.quantized() if quantized else d.height_m
         ht = torch.as_tensor(np.asarray(h), dtype=torch.float32)
+        sim = s.optical_spec  # one plane per sampled wavelength
         if choose_path(s).radial and d.parameterization == "radial":  # a ring design: the 1-D path
-            system: OpticalSystem | RadialSystem = RadialSystem(s, device=pick_device(device))
+            system: OpticalSystem | RadialSystem = RadialSystem(sim, device=pick_device(device))
             element = system.profile_of(ht)
         else:
-            system = OpticalSystem(s, device=pick_device(device))
+            system = OpticalSystem(sim, device=pick_device(device))
             element = ht
+        ch = s.spectral
         with torch.no_grad():
-            p = system.psf(element).cpu().numpy().astype(np.float32)
+            stack = system.psf(element)
+            if ch is not None:  # the channel PSFs: weighted sums over each channel's sampled wavelengths
+                stack = mix_channels(stack, torch.tensor(ch.weights, dtype=stack.dtype, device=stack.device))
+            p = stack.cpu().numpy().astype(np.float32)
         pitch = system.grid.sensor_pitch
         depths = np.array(system.depths, dtype=np.float64)
-        wls = np.array(system.wavelengths, dtype=np.float64)
+        wls = np.array(s.wavelengths, dtype=np.float64)
+        meta: dict = {}
+        if ch is not None:
+            meta = {"channels": list(ch.labels), "sampled_wavelengths_m": np.array(ch.wavelengths_m, dtype=np.float64),
+                    "channel_weights": np.asarray(ch.weights, dtype=np.float64)}
         import io
 
         buf = io.BytesIO()
         if suffix == ".npz":
-            np.savez(buf, psf=p, depths_m=depths, wavelengths_m=wls, pitch_m=np.float64(pitch))
+            np.savez(buf, psf=p, depths_m=depths, wavelengths_m=wls, pitch_m=np.float64(pitch), **meta)
         else:
             import tifffile
 
-            desc = json.dumps({"axes": "depth,wavelength,y,x", "depths_m": [None if math.isinf(z) else z for z in depths],
-                               "wavelengths_m": wls.tolist(), "pitch_m": pitch, "psf_shape": list(p.shape)})
+            desc = json.dumps({"axes": "depth,channel,y,x" if ch else "depth,wavelength,y,x",
+                               "depths_m": [None if math.isinf(z) else z for z in depths],
+                               "wavelengths_m": wls.tolist(), "pitch_m": pitch, "psf_shape": list(p.shape),
+                               **{k: np.asarray(v).tolist() for k, v in meta.items()}})
             px_per_cm = 1e-2 / pitch
             tifffile.imwrite(buf, p.reshape(-1, *p.shape[2:]), description=desc, resolution=(px_per_cm, px_per_cm),
                              resolutionunit="CENTIMETER", metadata=None)
         atomic_write_bytes(out, buf.getvalue())
-        console.print(f"wrote PSF stack {tuple(p.shape)} at {fmt_len(pitch)} to {out} "
+        what = "PSF stack" if ch is None else (f"channel PSF stack (weighted sums of {len(ch.wavelengths_m) // len(ch.labels)}"
+                                               f" sampled wavelengths per channel, {ch.source})")
+        console.print(f"wrote {what} {tuple(p.shape)} at {fmt_len(pitch)} to {out} "
                       f"(energy per PSF {p.sum(axis=(2, 3)).min():.4f} … {p.sum(axis=(2, 3)).max():.4f})")

@@ -323,6 +323,9 @@ def test_second_writer_refused_and_a_killed_writers_lock_taken_over(tmp_path: Pa
     assert not (run / LOCK).exists() and (run / "design.safetensors").is_file()
     with run_lock(run, "optimize"):  # a report of a run that is being rewritten is refused too
         _one_line_error(cli("report", run, "--samples", "0"), f"pid {os.getpid()}, optimize")
+        before = (run / "design.safetensors").read_bytes()  # and a baseline written over it
+        _one_line_error(cli("baseline", spec, "--kind", "fresnel", "--out", run, "--force"), f"pid {os.getpid()}")
+        assert (run / "design.safetensors").read_bytes() == before
     assert not (run / "report").exists()
 
 

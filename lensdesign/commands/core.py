@@ -141,6 +141,7 @@ def _baseline(app: typer.Typer) -> None:
         """Write a run directory for a reference design: a Fresnel lens, a cubic phase plate or a diffractive
         achromat (Peng et al. 2016: a ring design trained with the focus task on the 1-D path)."""
         from lensdesign.baselines import cubic_height, default_cubic_strength, fresnel_height
+        from lensdesign.lock import run_lock
         from lensdesign.optics.psf import plan_grid
         from lensdesign.rundir import RunDir, design_meta
         from lensdesign.spec import parse_length
@@ -181,7 +182,8 @@ def _baseline(app: typer.Typer) -> None:
         meta["element"] = "diffractive"  # the reference lenses are diffractive reliefs whatever the spec's element
         if kind == "achromat" and s.optics.element != "diffractive":
             meta["max_height_m"] = s.wave_height_m  # as `achromat_spec`: a relief of one wave
-        run.write_design(s, h.float(), meta, tensors)
+        with run_lock(out, "baseline", create=False):  # an existing run (--force) has one writer at a time
+            run.write_design(s, h.float(), meta, tensors)
         console.print(f"wrote {kind} baseline ({g.n} × {g.n} at {fmt_len(g.dx)}) to {out}")
 
 

@@ -37,15 +37,16 @@ MTF_FREQUENCIES = 512  # frequencies of the MTF curves, 0 … fmax
 class RadialFieldAnalyzer:
     """Sensor-plane intensity profiles of ring designs over the 2-D path's whole field (see the module docstring).
 
-    Parameters: `spec` (its element a ring design on the 1-D path); `device`.
+    Parameters: `spec` (its element a ring design on the 1-D path); `device`; `form` the radial propagator
+    (`auto`: the one the training pipeline uses, see `choose_radial_propagator`; `fresnel` or `asm`).
     """
 
-    def __init__(self, spec: Spec, device: torch.device | str = "cpu") -> None:
+    def __init__(self, spec: Spec, device: torch.device | str = "cpu", form: str = "auto") -> None:
         self.spec = spec
         g = plan_grid(spec, psf_size=3, bin_override=1)
         self.n, self.m, self.dx = g.n, g.m, g.dx
         self.field_radius = g.m * g.dx / math.sqrt(math.pi)  # a disk of the 2-D path's field area
-        self.system = RadialSystem(spec, device, psf_size=3, bin_override=1, field_radius=self.field_radius)
+        self.system = RadialSystem(spec, device, psf_size=3, bin_override=1, form=form, field_radius=self.field_radius)
         self.device = self.system.device
         self.wavelengths = list(spec.wavelengths)
         self.oversample = max(1, math.ceil(g.dx / (min(spec.wavelengths) * spec.optics.sensor_distance

@@ -127,3 +127,19 @@ def test_achromat_baseline_command(tmp_path: Path, cli) -> None:
     assert meta["kind"] == "baseline-achromat" and meta["parameterization"] == "radial" and meta["ring_width_m"] > 0
     r = cli("baseline", spec, "--kind", "achromat", "--strength", "3", "--out", tmp_path / "x")
     assert r.returncode == 2 and "--kind achromat" in r.stderr and not (tmp_path / "x").exists()
+
+
+def test_memory_estimate_follows_the_path() -> None:
+    """`check`'s memory estimate for a ring design is the 1-D path's: its kernel exactly as built, the pixel
+    integration no more than built, and far below the 2-D estimate of the same geometry."""
+    from lensdesign.commands.core import memory_estimate
+
+    spec = parse_spec(RADIAL)
+    est = memory_estimate(spec)
+    built = RadialSystem(spec, nearest=min(spec.depths_m))
+    assert est["kernels"] == built.kernel.numel() * 4
+    nnz = built.pix.matrix.values().numel()
+    assert 0 < est["pixel integration"] <= 2 * nnz * 8
+    pixel = memory_estimate(parse_spec({**RADIAL, "optics": {**RADIAL["optics"], "parameterization": "pixel"}}))
+    assert "transfer functions" in pixel and "kernels" not in pixel
+    assert sum(est.values()) < 0.5 * sum(pixel.values())

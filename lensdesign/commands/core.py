@@ -29,10 +29,14 @@ def fmt_len(x: float) -> str:
 
 
 def memory_estimate(spec: Spec) -> dict[str, float]:
-    """Bytes held by one PSF-stack forward + backward (complex64), by part."""
+    """Bytes held by one PSF-stack forward + backward (complex64), by part: on the 1-D path for ring designs
+    (`RadialSystem.memory_estimate`), else on the 2-D grid."""
+    from lensdesign.optics.hankel import RadialSystem, choose_path
     from lensdesign.optics.psf import plan_grid
 
     spec = spec.optical_spec
+    if choose_path(spec).radial:
+        return RadialSystem(spec, nearest=min(spec.depths_m), build=False).memory_estimate()
     g = plan_grid(spec)
     dw = len(spec.depths_m) * len(spec.wavelengths)
     k = g.window_fine

@@ -413,12 +413,13 @@ class RadialSystem:
     The element is the ring profile (J,) in metres, ring j covering radii [j·w, (j+1)·w) with w = `ring_width`;
     rings beyond the aperture have no effect. `dtype` float32 (training) or float64 (checks). `field_radius` (m):
     compute fields out to at least this sensor radius (analysis of the whole field; default the PSF window).
+    `build` False stops after the plan (grid, radii, quadrature): enough for `memory_estimate`, no matrices.
     """
 
     def __init__(self, spec: Spec, device: torch.device | str = "cpu", depths: list[float] | None = None,
                  psf_size: int | None = None, bin_override: int | None = None, form: str = "auto",
                  dtype: torch.dtype = torch.float32, nearest: float | None = None,
-                 field_radius: float | None = None) -> None:
+                 field_radius: float | None = None, build: bool = True) -> None:
         self.spec = spec
         self.grid = plan_grid(spec, psf_size=psf_size, bin_override=bin_override)
         self.device = torch.device(device)
@@ -439,15 +440,11 @@ class RadialSystem:
         fresnel = self.choice.kind == "fresnel"
         # fresnel: the radii of wavelength λ are k·dρ·λ/λ_min, so that one kernel serves every wavelength
         scales = [lam / lam_min for lam in self.wavelengths] if fresnel else [1.0] * len(self.wavelengths)
-        _, count = pixel_weights(g.psf_size, g.sensor_pitch, offset, self.d_rho, 1)
+        centres, count = pixel_weights(g.psf_size, g.sensor_pitch, offset, self.d_rho, 1)
+        self._pixel_taps = centres.nnz  # weights per wavelength with one sample per pixel (for the estimate)
         count += 2 * (math.ceil(g.sensor_pitch / self.d_rho) + 2)  # room for the sub-samples of the outer pixels
         if field_radius is not None:
             count = max(count, math.ceil(field_radius / self.d_rho) + 1)
-        cache: dict[float, sparse.csr_matrix] = {}
-        for sc in scales:
-            if sc not in cache:
-                cache[sc] = pixel_weights(g.psf_size, g.sensor_pitch, offset, self.d_rho * sc, sub, count)[0]
-        self.pix = PixelIntegration.blocks([cache[sc] for sc in scales], g.psf_size).to(self.device, dtype)
         self._scales = scales
         self.rho = np.arange(count) * self.d_rho
         rho_max = float(self.rho[-1])
@@ -469,6 +466,13 @@ class RadialSystem:
             chirp = 0.0
         self.quad = ring_quadrature(self.ring_width, self.radius,
                                     lambda r: (k_max * self._vergence + chirp) * r + kernel_rate)
+        if not build:  # the plan only
+            return
+        cache: dict[float, sparse.csr_matrix] = {}
+        for sc in scales:
+            if sc not in cache:
+                cache[sc] = pixel_weights(g.psf_size, g.sensor_pitch, offset, self.d_rho * sc, sub, count)[0]
+        self.pix = PixelIntegration.blocks([cache[sc] for sc in scales], g.psf_size).to(self.device, dtype)
         quad = self.quad
         self.ring = torch.from_numpy(quad.ring).to(torch.int64).to(self.device)
         self.amplitude = 1.0 / math.sqrt(math.pi * self.radius**2)
@@ -486,6 +490,20 @@ class RadialSystem:
             self.series = torch.from_numpy(series_kernel(self.nodes, self.rho)).to(self.device, dtype)
         self.kernel = self.kernel.to(self.device, dtype)
         self.src = self.source_waves(self.depths)
+
+    def memory_estimate(self) -> dict[str, float]:
+        """Bytes held by one PSF-stack forward + backward on this path, by part (float32 / complex64; the pixel
+        integration from its one-sample-per-pixel weights, a lower bound)."""
+        q, k = len(self.quad.r), len(self.rho)
+        d, w, n = len(self.depths), len(self.wavelengths), self.grid.n
+        kernel = q * k * 4 if self.choice.kind == "fresnel" else (q + k) * len(self.nodes.f) * 4 + w * len(self.nodes.f) * 8
+        return {
+            "source factors": (d + 1) * w * q * 8,  # the spec's depths and one training depth
+            "kernels": kernel,
+            "pixel integration": 2 * w * self._pixel_taps * 8,  # matrix and transpose: values and column indices
+            "fields and intensities": 3 * 2 * d * w * k * 4,  # forward and their gradients
+            "ring map on the element grid": n * n * (8 + 4 + 4),  # ring index, heights, their gradient
+        }
 
     @staticmethod
     def _vergence_of(depth: float) -> float:

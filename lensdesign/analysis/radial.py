@@ -26,7 +26,7 @@ import torch
 from scipy import integrate, interpolate, special
 
 from lensdesign.analysis import metrics as M
-from lensdesign.analysis.psfs import DepthPSF, RadialMTF
+from lensdesign.analysis.psfs import DepthPSF, RadialMTF, oversample_factor
 from lensdesign.optics.hankel import RadialSystem, render_rings, ring_index
 from lensdesign.optics.psf import plan_grid
 from lensdesign.spec import Spec
@@ -49,8 +49,7 @@ class RadialFieldAnalyzer:
         self.system = RadialSystem(spec, device, psf_size=3, bin_override=1, form=form, field_radius=self.field_radius)
         self.device = self.system.device
         self.wavelengths = list(spec.wavelengths)
-        self.oversample = max(1, math.ceil(g.dx / (min(spec.wavelengths) * spec.optics.sensor_distance
-                                                   / (2 * spec.optics.aperture)) - 1e-9))
+        self.oversample = oversample_factor(spec, g.dx, 1)  # Nyquist for the shortest wavelength (no grid to cap)
         self.propagator = f"hankel-{self.system.choice.kind}"
         self.label = f"{self.propagator} (1-D ring path)"
         self._rho = [np.asarray(self.system.radii(j), dtype=np.float64) for j in range(len(self.wavelengths))]
@@ -104,10 +103,6 @@ class RadialFieldAnalyzer:
         otf = intensity @ self._j0[key]
         return np.abs(otf) / max(abs(float(otf[0])), 1e-300)
 
-    def _otf_at(self, intensity: np.ndarray, j: int, f0: float) -> float:
-        rho, dA = self._rho[j], self._dA[j]
-        return abs(float(intensity @ (special.j0(2 * np.pi * f0 * rho) * dA))) / max(float(intensity @ dA), 1e-300)
-
     def reference_peaks_fine(self, oversample: int) -> np.ndarray:
         """Axial intensity (W,) of the diffraction-limited PSF, energy per fine sample at `oversample`."""
         return self._ref[:, 0] * self.fine_pitch_for(oversample) ** 2
@@ -144,7 +139,7 @@ class RadialFieldAnalyzer:
         stack = self.intensities(height, depths)
         out = np.empty(stack.shape[:2])
         for i in range(len(depths)):
-            out[i] = [self._otf_at(stack[i, j], j, f0) for j in range(stack.shape[1])]
+            out[i] = [self._otf(stack[i, j], j, np.array([0.0, f0]))[1] for j in range(stack.shape[1])]
             if progress is not None:
                 progress()
         return out

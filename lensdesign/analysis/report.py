@@ -213,9 +213,9 @@ def analyse_psfs(fa: Analyzer, height: np.ndarray, depths: list[float], oversamp
                        sagittal=np.stack(sags), tangential=np.stack(tans), asymmetry=asym)
 
 
-def through_depth(analyzer_of: Callable[[str], Analyzer], heights: dict[str, np.ndarray], depths: list[float],
-                  f0: float, progress: Callable[[int], None] | None = None) -> dict[str, np.ndarray]:
-    """MTF (D, W) at f0 (cycles/m) against depth for each named height map, each with `analyzer_of(name)`."""
+def through_depth(designs: dict[str, tuple[Analyzer, np.ndarray]], depths: list[float], f0: float,
+                  progress: Callable[[int], None] | None = None) -> dict[str, np.ndarray]:
+    """MTF (D, W) at f0 (cycles/m) against depth for each named (analyzer, height map)."""
     done = 0
 
     def step() -> None:
@@ -224,7 +224,7 @@ def through_depth(analyzer_of: Callable[[str], Analyzer], heights: dict[str, np.
         if progress is not None:
             progress(done)
 
-    return {name: analyzer_of(name).mtf_at(h, depths, f0, step) for name, h in heights.items()}
+    return {name: fa.mtf_at(h, depths, f0, step) for name, (fa, h) in designs.items()}
 
 
 # ---- image quality ---------------------------------------------------------------------------------------------
@@ -492,15 +492,6 @@ def analyse(ctx: ReportContext) -> Analysis:
     if rings:
         ctx.notes.append(f"ring design: PSFs, MTF, Strehl and the as-built Monte Carlo on the 1-D path ({fa.label}); "
                          "the cubic plate on the 2-D grid; as-built elements averaged over each ring")
-    grid: list[FieldAnalyzer] = [fa] if isinstance(fa, FieldAnalyzer) else []
-
-    def analyzer_of(name: str) -> Analyzer:
-        if name != "cubic" or not rings:
-            return fa
-        if not grid:  # the cubic plate is not a ring design: the 2-D grid, built when first needed
-            grid.append(FieldAnalyzer(spec, ctx.settings.device))
-        return grid[0]
-
     depths = spec.depths_m
     limits = diffraction_limits(spec)
     f0 = _through_depth_frequency(ctx, fa, limits)
@@ -514,11 +505,13 @@ def analyse(ctx: ReportContext) -> Analysis:
                    "fresnel": fresnel.numpy().astype(np.float32),
                    "cubic": cubic_height(spec, fa.n, strength).numpy().astype(np.float32)}
         zd = dense_depths(spec, ctx.settings.through_depth_points)
-        td_designs = {k: heights[k] for k in ("design", "fresnel", "cubic")}
+        # the cubic plate is not a ring design: the 2-D grid for it (freed with this call's arguments)
+        cubic_fa = FieldAnalyzer(spec, ctx.settings.device) if rings else fa
+        td_designs = {k: (cubic_fa if k == "cubic" else fa, heights[k]) for k in ("design", "fresnel", "cubic")}
+        del cubic_fa
         n_td = len(zd) * len(td_designs)
-        td = through_depth(analyzer_of, td_designs, zd, f0, lambda i: ctx.progress("through-depth MTF", i, n_td))
-        if rings:
-            grid.clear()  # the cubic plate's 2-D field analysis is done: free its buffers
+        td = through_depth(td_designs, zd, f0, lambda i: ctx.progress("through-depth MTF", i, n_td))
+        del td_designs
     with ctx.timed("image_quality"):
         iq = ImageQuality(ctx, heights)
         iq.run()

@@ -164,7 +164,10 @@ class Sensor(_Model):
     superres_factor: int = Field(1, ge=1, le=8)
     mosaic: Literal["none", "rggb", "bggr", "grbg", "gbrg"] = Field(
         "none", description="Bayer colour filter array (2 × 2 tile from the top-left photosite); the reconstruction "
-        "starts from a bilinear demosaic")
+        "starts from a demosaic (sensor.demosaic)")
+    demosaic: Literal["bilinear", "malvar"] = Field(
+        "bilinear", description="demosaic of a Bayer mosaic: bilinear, or malvar (Malvar–He–Cutler 2004 "
+        "gradient-corrected 5 × 5 filters); needs sensor.mosaic")
 
     @field_validator("resolution")
     @classmethod
@@ -310,6 +313,9 @@ class Spec(_Model):
         if self.spectrum is not None and isinstance(self.optics.material, CustomMaterial):
             raise ValueError("optics.material: spectrum needs n(λ) at any wavelength; use a named material "
                              "(e.g. fused_silica) instead of an index list")
+        if self.sensor.demosaic != "bilinear" and self.sensor.mosaic == "none":
+            raise ValueError(f"sensor.demosaic: {self.sensor.demosaic} demosaics a Bayer mosaic but sensor.mosaic is none; "
+                             "set sensor.mosaic (rggb, bggr, grbg or gbrg) or leave sensor.demosaic out")
         if self.task == "superres" and self.sensor.superres_factor < 2:
             raise ValueError("task superres needs sensor.superres_factor of 2 or more")
         if self.optics.propagator == "hankel" and (self.optics.parameterization != "radial" or self.optics.element == "hybrid"):

@@ -272,10 +272,10 @@ class Pipeline:
               differentiable: bool = True) -> torch.Tensor:
         """Sensor read-out of noise-free sensor images: read / shot noise, clipping, bit depth (see `add_noise`);
         with `sensor.mosaic` each photosite keeps its filter's channel (the noise of the others is dropped: the
-        same statistics as noise on the raw mosaic) and the image is demosaicked bilinearly."""
+        same statistics as noise on the raw mosaic) and the image is demosaicked by `sensor.demosaic`."""
         s = self.spec.sensor
         y = add_noise(clean, sigma, gen, s.full_well, s.bit_depth, differentiable)
-        return y if self.bands is None else mosaic_demosaic(y, s.mosaic, self.bands)
+        return y if self.bands is None else mosaic_demosaic(y, s.mosaic, self.bands, s.demosaic)
 
     def sensor(self, scenes: torch.Tensor, psf: torch.Tensor, sigma: torch.Tensor, gen: torch.Generator,
                differentiable: bool = True) -> torch.Tensor:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import math
 from pathlib import Path
 
@@ -174,6 +175,16 @@ def test_report_of_a_broadband_run_shows_channel_psfs(tmp_path: Path, cli) -> No
     for name in ("spectrum.png", "channel-psf.png"):
         assert (run / "report" / name).read_bytes()[:4] == b"\x89PNG"
     assert "Broadband channel PSFs" in (run / "report" / "index.html").read_text()
+    # the field analysis is polychromatic: report.json's Strehl ratios are the channel PSFs' (2-D analyzer)
+    from lensdesign.analysis.psfs import FieldAnalyzer
+    from lensdesign.rundir import RunDir
+
+    rep = json.loads((run / "report" / "report.json").read_text())
+    assert rep["settings"]["spectrum"].startswith("polychromatic: 3 channels × 3 wavelengths")
+    spec = parse_spec(d)
+    want = FieldAnalyzer(spec).strehl(torch.from_numpy(RunDir(run).load_design().height_m), spec.depths_m)
+    got = np.array([row["strehl"] for row in rep["psf"]]).reshape(want.shape)
+    np.testing.assert_allclose(got, want, atol=2e-6)
 
 
 @pytest.mark.parametrize("parameterization", ["pixel", "radial"])

@@ -18,6 +18,12 @@ source waves, element phase per metre of height and transfer functions, and comp
 
 Intensities are energy per sample (each PSF sums to the power that stays in the field, at most 1), with the
 optical axis at index (K // 2, K // 2).
+
+Broadband channels (`spec.spectrum`): the fields are computed at every sampled wavelength and each intensity is the
+channel's weighted sum of them (the polychromatic PSF the sensor records); the Strehl ratio is the polychromatic
+one, the peak of the channel PSF over the peak of the channel's diffraction-limited PSF (the same weighted sum of
+perfect-lens PSFs), and the MTF is the channel PSF's. The results are per channel, labelled with its mean
+wavelength.
 """
 
 from __future__ import annotations
@@ -42,7 +48,7 @@ def oversample_factor(spec: Spec, dx: float, m: int) -> int:
 
     Capped so that the fine grid stays within MAX_ANALYSIS_GRID samples.
     """
-    crit = min(spec.wavelengths) * spec.optics.sensor_distance / (2 * spec.optics.aperture)
+    crit = min(spec.optical_spec.wavelengths) * spec.optics.sensor_distance / (2 * spec.optics.aperture)
     u = max(1, math.ceil(dx / crit - 1e-9))
     return max(1, min(u, MAX_ANALYSIS_GRID // m))
 
@@ -77,16 +83,19 @@ class FieldAnalyzer:
     """Sensor-plane fields and finely sampled PSFs of height maps over the whole padded field.
 
     Parameters: `spec`; `device`; `oversample` fine samples per simulation sample (default: Nyquist for the
-    shortest wavelength, see `oversample_factor`).
+    shortest wavelength, see `oversample_factor`). `wavelengths` are the channels' (C); the optics runs at
+    `system.wavelengths` (W: the sampled wavelengths of broadband channels, mixed by `weights` (C, W)).
     """
 
     def __init__(self, spec: Spec, device: torch.device | str = "cpu", oversample: int | None = None) -> None:
         self.spec = spec
-        self.system = OpticalSystem(spec, device=device, psf_size=3, bin_override=1)
+        self.system = OpticalSystem(spec.optical_spec, device=device, psf_size=3, bin_override=1)
         g = self.system.grid
         self.n, self.m, self.dx = g.n, g.m, g.dx
         self.device = self.system.device
         self.wavelengths = list(spec.wavelengths)
+        ch = spec.spectral
+        self.weights = None if ch is None else torch.tensor(ch.weights, dtype=torch.float32, device=self.device)
         self.oversample = oversample if oversample is not None else oversample_factor(spec, g.dx, g.m)
         self.propagator = g.choice.kind
         self._ref_peaks: np.ndarray | None = None
@@ -127,19 +136,35 @@ class FieldAnalyzer:
         t = transmission(height.to(self.device, torch.float32), self.system.phase_per_m)
         return self.spectrum_from_pupil(self._src(depth) * t)
 
+    def _channels(self, spec_u: torch.Tensor, one: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """`one` (spectra (w, M, M) → intensities (w, K, K)) of the spectra (W, M, M), mixed to the channels'
+        (C, K, K) with broadband channels (one wavelength at a time in memory); unchanged otherwise."""
+        if self.weights is None:
+            return one(spec_u)
+        out = None
+        for j in range(spec_u.shape[0]):
+            term = self.weights[:, j, None, None] * one(spec_u[j:j + 1])
+            out = term if out is None else out.add_(term)
+        assert out is not None
+        return out
+
     def coarse_intensity(self, spec_u: torch.Tensor) -> torch.Tensor:
-        """Intensity (W, M, M) float32 on the simulation grid, the axis at index M // 2."""
-        return intensity(torch.fft.ifft2(spec_u))
+        """Intensity (C, M, M) float32 on the simulation grid, the axis at index M // 2."""
+        return self._channels(spec_u, lambda s: intensity(torch.fft.ifft2(s)))
 
     def fine_intensity(self, spec_u: torch.Tensor, oversample: int | None = None) -> torch.Tensor:
-        """Intensity (W, uM, uM) float32 on a grid `oversample` (u) times finer, axis at the centre index uM // 2.
+        """Intensity (C, uM, uM) float32 on a grid `oversample` (u) times finer, axis at the centre index uM // 2.
 
         Energy per fine sample: the sum equals that of the coarse intensity.
         """
         u = self.oversample if oversample is None else oversample
-        m = self.m
         if u == 1:
             return self.coarse_intensity(spec_u)
+        return self._channels(spec_u, lambda s: self._fine(s, u))
+
+    def _fine(self, spec_u: torch.Tensor, u: int) -> torch.Tensor:
+        """Monochromatic intensities (W, uM, uM) of spectra (W, M, M), band-limited interpolation by `u`."""
+        m = self.m
         k = u * m
         h = m // 2
         big = torch.zeros(spec_u.shape[0], k, k, dtype=spec_u.dtype, device=spec_u.device)
@@ -153,24 +178,30 @@ class FieldAnalyzer:
 
     def refined_peaks(self, spec_u: torch.Tensor, coarse: torch.Tensor,
                       steps: int = 17) -> tuple[np.ndarray, list[tuple[int, int]]]:
-        """Peak intensity per wavelength (W,) of the band-limited field, searched within ±1 sample of the coarse
-        maximum on a grid of 1/8 sample; and the coarse maximum's (y, x) index (axis at M // 2)."""
-        w, m, _ = coarse.shape
-        flat = coarse.reshape(w, -1).argmax(dim=1).tolist()
-        peaks = np.empty(w)
+        """Peak intensity per channel (C,) of the band-limited field (of the channel's weighted sum of intensities
+        with broadband channels), searched within ±1 sample of the coarse maximum on a grid of 1/8 sample; and the
+        coarse maximum's (y, x) index (axis at M // 2). `spec_u` (W, M, M), `coarse` (C, M, M)."""
+        c, m, _ = coarse.shape
+        flat = coarse.reshape(c, -1).argmax(dim=1).tolist()
+        peaks = np.empty(c)
         idx: list[tuple[int, int]] = []
         if steps not in self._delta_tabs:
             delta = torch.linspace(-1.0, 1.0, steps, dtype=torch.float64, device=self.device)
             self._delta_tabs[steps] = torch.exp(2j * math.pi * delta[:, None] * self._fidx[None, :] / m)
         tab = self._delta_tabs[steps]
-        for j in range(w):
+        for j in range(c):
             iy, ix = divmod(int(flat[j]), m)
             idx.append((iy, ix))
             # exp(2πi f (i + δ)/m) = exp(2πi f i/m) · exp(2πi f δ/m): one DFT row times the sub-sample table
             ay = (tab * torch.exp(2j * math.pi * iy * self._fidx / m)[None, :]).to(torch.complex64)
             ax = (tab * torch.exp(2j * math.pi * ix * self._fidx / m)[None, :]).to(torch.complex64)
-            vals = (ay @ spec_u[j]) @ ax.T
-            peak = float((vals.real.square() + vals.imag.square()).max()) / float(m) ** 4
+            if self.weights is None:
+                vals = (ay @ spec_u[j]) @ ax.T
+                sub = vals.real.square() + vals.imag.square()
+            else:
+                vals = (ay[None] @ spec_u) @ ax.T[None]
+                sub = torch.einsum("w,wab->ab", self.weights[j], vals.real.square() + vals.imag.square())
+            peak = float(sub.max()) / float(m) ** 4
             peaks[j] = max(peak, float(coarse[j, iy, ix]))
         return peaks, idx
 
@@ -184,25 +215,25 @@ class FieldAnalyzer:
         z = self.spec.optics.sensor_distance
         ap = self.system.aperture.to(torch.float64).cpu() / math.sqrt(self.system.n_open)
         out = []
-        for w in self.wavelengths:
+        for w in self.system.wavelengths:
             k = 2 * math.pi / w
             opl = torch.sqrt(r2 + z * z) - z if self.propagator == "asm" else r2 / (2 * z)
             out.append(torch.polar(ap, -k * opl))
         return torch.stack(out).to(torch.complex64).to(self.device)
 
     def reference_peaks(self) -> np.ndarray:
-        """Peak intensity (W,) of the diffraction-limited PSF per wavelength (energy per simulation sample)."""
+        """Peak intensity (C,) of the diffraction-limited PSF per channel (energy per simulation sample)."""
         if self._ref_peaks is None:
             su = self.spectrum_from_pupil(self.ideal_pupil())
             self._ref_peaks, _ = self.refined_peaks(su, self.coarse_intensity(su))
         return self._ref_peaks
 
     def reference_psf(self, oversample: int | None = None) -> torch.Tensor:
-        """Diffraction-limited PSFs (W, uM, uM) on the fine grid."""
+        """Diffraction-limited PSFs (C, uM, uM) on the fine grid."""
         return self.fine_intensity(self.spectrum_from_pupil(self.ideal_pupil()), oversample)
 
     def reference_peaks_fine(self, oversample: int) -> np.ndarray:
-        """Axial intensity (W,) of the diffraction-limited PSF, energy per fine sample at `oversample`."""
+        """Axial intensity (C,) of the diffraction-limited PSF, energy per fine sample at `oversample`."""
         ref_fine = self.reference_psf(oversample)
         kf = ref_fine.shape[-1] // 2
         return ref_fine[:, kf, kf].double().cpu().numpy()
@@ -431,7 +462,7 @@ def mtf_at_frequency(intensity: torch.Tensor, pitch: float, f0: float) -> np.nda
 def oversample_for_frequency(spec: Spec, dx: float, m: int, f0: float) -> int:
     """Smallest oversampling u for which the sampled intensity is free of aliasing at f0 (cycles/m):
     f0 <= u/dx − f_c(λ_min) and f0 < u/(2 dx)."""
-    fc = spec.optics.aperture / (min(spec.wavelengths) * spec.optics.sensor_distance)
+    fc = spec.optics.aperture / (min(spec.optical_spec.wavelengths) * spec.optics.sensor_distance)
     u = 1
     while u < MAX_ANALYSIS_GRID // m and (f0 > u / dx - fc or f0 >= u / (2 * dx)):
         u += 1

@@ -14,6 +14,11 @@ radial intensity I(ρ) (1/m², ∫ I dA = power) that `RadialSystem.fields` comp
 
 A 2-D height map is read as rings one sample per ring (`RadialSystem.profile_of`), as the training pipeline reads
 it; `ring_design` turns an arbitrary 2-D map (an as-built element) into the ring map of its mean height per ring.
+
+Broadband channels (`spec.spectrum`): each sampled wavelength's radial intensity is interpolated (cubic spline) onto
+one grid of radii, the finest spacing of any wavelength out to the shortest reach, and a channel's intensity is the
+weighted sum there; everything above then follows from it (polychromatic Strehl ratio against the same weighted sum
+of diffraction-limited PSFs, the channel PSF's MTF and encircled energy).
 """
 
 from __future__ import annotations
@@ -46,17 +51,25 @@ class RadialFieldAnalyzer:
         g = plan_grid(spec, psf_size=3, bin_override=1)
         self.n, self.m, self.dx = g.n, g.m, g.dx
         self.field_radius = g.m * g.dx / math.sqrt(math.pi)  # a disk of the 2-D path's field area
-        self.system = RadialSystem(spec, device, psf_size=3, bin_override=1, form=form, field_radius=self.field_radius)
+        self.system = RadialSystem(spec.optical_spec, device, psf_size=3, bin_override=1, form=form,
+                                   field_radius=self.field_radius)
         self.device = self.system.device
         self.wavelengths = list(spec.wavelengths)
         self.oversample = oversample_factor(spec, g.dx, 1)  # Nyquist for the shortest wavelength (no grid to cap)
         self.propagator = f"hankel-{self.system.choice.kind}"
         self.label = f"{self.propagator} (1-D ring path)"
-        self._rho = [np.asarray(self.system.radii(j), dtype=np.float64) for j in range(len(self.wavelengths))]
+        radii = [np.asarray(self.system.radii(j), dtype=np.float64) for j in range(len(self.system.wavelengths))]
+        ch = spec.spectral
+        self._weights = None if ch is None else np.asarray(ch.weights, dtype=np.float64)
+        self._radii = radii
+        if ch is not None:  # one grid for the channels: the finest spacing, out to the shortest reach
+            step = min(float(r[1] - r[0]) for r in radii)
+            radii = [np.arange(math.floor(min(float(r[-1]) for r in self._radii) / step) + 1) * step] * len(ch.labels)
+        self._rho = radii  # per channel (C,) arrays of radii (m)
         self._dA = [_ring_areas(r) for r in self._rho]  # quadrature weights of ∫ · 2πρ dρ (m²)
         with torch.no_grad():
             ref = self.system.propagate_nodes(self.system.ideal_nodes())
-        self._ref = ref.abs().square().double().cpu().numpy()  # (W, K) 1/m²
+        self._ref = self._mix(ref.abs().square().double().cpu().numpy()[None])[0]  # (C, K) 1/m²
         self._j0: dict[tuple[int, float, int], np.ndarray] = {}
 
     # ---- geometry ------------------------------------------------------------------------------------------
@@ -77,10 +90,22 @@ class RadialFieldAnalyzer:
         return self.system.profile_of(torch.as_tensor(np.asarray(height), dtype=torch.float32))
 
     def intensities(self, height: np.ndarray | torch.Tensor, depths: list[float]) -> np.ndarray:
-        """Radial intensities (D, W, K) in 1/m² at the radii of each wavelength (`system.radii`)."""
+        """Radial intensities (D, C, K) in 1/m² at the radii of each channel (`_rho`)."""
         with torch.no_grad():
             u = self.system.fields(self.profile(height), self.system.source_waves(depths))
-        return u.abs().square().double().cpu().numpy()
+        return self._mix(u.abs().square().double().cpu().numpy())
+
+    def _mix(self, stack: np.ndarray) -> np.ndarray:
+        """Channel intensities (D, C, K) on the channels' radii of monochromatic ones (D, W, K) on each
+        wavelength's radii (`system.radii`): the weighted sum of cubic-spline interpolants; unchanged for one
+        wavelength per channel."""
+        if self._weights is None:
+            return stack
+        rho = self._rho[0]
+        out = np.zeros((stack.shape[0], self._weights.shape[0], len(rho)))
+        for j, r in enumerate(self._radii):
+            out += self._weights[None, :, j, None] * interpolate.CubicSpline(r, stack[:, j], axis=1)(rho)[:, None]
+        return out
 
     def ring_design(self, height: np.ndarray) -> np.ndarray:
         """The ring map (N, N) float32 of the mean height of each ring of `height` (N, N) (m): what the 1-D path can
@@ -104,7 +129,7 @@ class RadialFieldAnalyzer:
         return np.abs(otf) / max(abs(float(otf[0])), 1e-300)
 
     def reference_peaks_fine(self, oversample: int) -> np.ndarray:
-        """Axial intensity (W,) of the diffraction-limited PSF, energy per fine sample at `oversample`."""
+        """Axial intensity (C,) of the diffraction-limited PSF, energy per fine sample at `oversample`."""
         return self._ref[:, 0] * self.fine_pitch_for(oversample) ** 2
 
     def depth_psfs(self, height: np.ndarray | torch.Tensor, depths: list[float], oversample: int, fmax: float,

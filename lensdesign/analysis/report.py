@@ -170,7 +170,8 @@ def analyse_psfs(fa: Analyzer, height: np.ndarray, depths: list[float], oversamp
     """Finely sampled PSFs of `height` at `depths`: Strehl, EE80, FWHM, radial and axis MTF, display crops."""
     wl = fa.wavelengths
     pitch = fa.fine_pitch_for(oversample)
-    fc_max = max(M.cutoff_frequency(fa.spec.optics.aperture, w, fa.spec.optics.sensor_distance) for w in wl)
+    fc_max = max(M.cutoff_frequency(fa.spec.optics.aperture, w, fa.spec.optics.sensor_distance)
+                 for w in fa.system.wavelengths)  # the shortest simulated wavelength's cutoff
     d, w = len(depths), len(wl)
     crops: list[np.ndarray] = []
     totals = np.empty((d, w))
@@ -648,7 +649,8 @@ def assemble(ctx: ReportContext, an: Analysis) -> Report:
         run=str(ctx.run.path), name=spec.name, design_kind=ctx.meta.get("kind"),
         settings=AnalysisSettings(mtf_frequency_cyc_per_mm=an.f0 * 1e-3, samples=s.samples, seed=s.seed,
                                   analysis_pitch_m=psfa.pitch, simulation_pitch_m=fa.dx, oversample=psfa.oversample,
-                                  propagator=fa.label, field_width_m=fa.m * fa.dx),
+                                  propagator=fa.label, field_width_m=fa.m * fa.dx,
+                                  spectrum=_spectrum_label(spec)),
         sensor_nyquist_cyc_per_mm=ctx.nyquist * 1e-3,
         diffraction_limit=an.limits,
         psf=[PSFRow(depth_m=z, wavelength_m=w, strehl=_r(float(psfa.strehl[i, j])), ee80_radius_m=_r(float(psfa.ee80[i, j])),
@@ -661,6 +663,16 @@ def assemble(ctx: ReportContext, an: Analysis) -> Report:
                                           cubic_strength_waves=an.strength, cubic_strength_source=an.strength_source,
                                           focus_depth_m=spec.focus_depth_m),
         image_quality=an.iq.result, image_quality_source=an.iq.source, fabrication=an.fab, notes=ctx.notes)
+
+
+def _spectrum_label(spec: Spec) -> str | None:
+    """The broadband channels the field analysis mixes, in words (None for one wavelength per channel)."""
+    ch = spec.spectral
+    if ch is None:
+        return None
+    n = len(ch.wavelengths_m) // len(ch.labels)
+    return (f"polychromatic: {len(ch.labels)} channels × {n} wavelengths ({ch.source}); each channel's PSF is the "
+            "weighted sum of its wavelengths' PSFs, its Strehl ratio against the same sum of diffraction-limited PSFs")
 
 
 def _recon_label(meta: dict[str, Any]) -> str:

@@ -47,6 +47,7 @@ class AnalysisSettings:
     oversample: int
     propagator: str
     field_width_m: float
+    spectrum: str | None = None  # broadband channels: polychromatic PSFs of the sampled wavelengths (None: one line each)
 
 
 @dataclass

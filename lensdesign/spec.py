@@ -23,7 +23,7 @@ from pydantic import (
     model_validator,
 )
 
-from lensdesign.errors import SpecError
+from lensdesign.errors import LensdesignError, SpecError
 
 _UNITS = {
     "m": 1.0,
@@ -316,6 +316,13 @@ class Spec(_Model):
         if self.sensor.demosaic != "bilinear" and self.sensor.mosaic == "none":
             raise ValueError(f"sensor.demosaic: {self.sensor.demosaic} demosaics a Bayer mosaic but sensor.mosaic is none; "
                              "set sensor.mosaic (rggb, bggr, grbg or gbrg) or leave sensor.demosaic out")
+        if self.sensor.mosaic != "none":
+            from lensdesign.imaging.mosaic import channel_bands
+
+            try:
+                channel_bands(list(self.wavelengths))
+            except LensdesignError as e:
+                raise ValueError(str(e)) from None
         if self.task == "superres" and self.sensor.superres_factor < 2:
             raise ValueError("task superres needs sensor.superres_factor of 2 or more")
         if self.optics.propagator == "hankel" and (self.optics.parameterization != "radial" or self.optics.element == "hybrid"):

@@ -214,3 +214,17 @@ def test_psf_command_writes_the_pipelines_channel_psfs(tmp_path: Path, cli, para
     np.testing.assert_allclose(got["sampled_wavelengths_m"], ch.wavelengths_m)
     np.testing.assert_allclose(got["channel_weights"], ch.weights)
     assert list(got["channels"]) == ["blue", "green", "red"]
+
+
+@pytest.mark.parametrize("command", ["check", "optimize"])
+def test_mosaic_without_one_channel_per_band_is_refused_before_anything_is_written(tmp_path: Path, cli,
+                                                                                     command: str) -> None:
+    d = copy.deepcopy(TINY)
+    d["wavelengths"] = ["500 nm", "550 nm", "640 nm"]  # two in the G band, none in B
+    d["sensor"]["mosaic"] = "rggb"
+    args = ["--out", tmp_path / "run", "--steps", "1"] if command == "optimize" else []
+    r = cli(command, write_spec(tmp_path, d), *args)
+    assert r.returncode == 2, r.stderr
+    err = r.stderr.strip()
+    assert "sensor.mosaic" in err and "500 nm" in err and "\n" not in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()

@@ -228,3 +228,19 @@ def test_mosaic_without_one_channel_per_band_is_refused_before_anything_is_writt
     err = r.stderr.strip()
     assert "sensor.mosaic" in err and "500 nm" in err and "\n" not in err and "Traceback" not in err
     assert not (tmp_path / "run").exists()
+
+
+def test_check_shows_each_channels_focus_spread_against_the_depth_range(tmp_path: Path, cli) -> None:
+    """A diffractive lens's power scales as λ: over a channel's sampled wavelengths (equal weights) the object
+    vergence in focus spreads by P0·std(λ)/λc, P0 = 1/z_sensor + 1/z_focus."""
+    d = _small({"camera": "Nikon 5100", "samples": 5})
+    r = cli("check", write_spec(tmp_path, d))
+    assert r.returncode == 0, r.stderr
+    out = " ".join(r.stdout.replace("│", " ").split())
+    spec = parse_spec(d)
+    ch = spec.spectral
+    p0 = 1 / spec.optics.sensor_distance + 1 / spec.focus_depth_m
+    for c, label in enumerate(ch.labels):
+        lam = np.asarray(ch.wavelengths_m[c * 5:(c + 1) * 5])
+        assert f"{label} ±{p0 * lam.std() / ch.centroids_m[c]:.2f} D" in out, out
+    assert f"depth range's {1 / spec.depths_m[0]:.2f} D" in out

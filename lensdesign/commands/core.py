@@ -64,7 +64,7 @@ def check_spec(spec: Spec) -> Table:
     from lensdesign.optics.element import check_sag_sampling, max_sag_sampled
     from lensdesign.optics.hankel import choose_path, choose_radial_propagator, ring_count, ring_width
     from lensdesign.optics.psf import plan_grid
-    from lensdesign.units import defocus_w020_m
+    from lensdesign.units import channel_focus_spread, defocus_w020_m
 
     g = plan_grid(spec.optical_spec)  # every sampled wavelength of broadband channels
     check_sag_sampling(spec)
@@ -92,6 +92,12 @@ def check_spec(spec: Spec) -> Table:
         t.add_row("defocus", f"single depth, W020 = {fmt_len(w020)} = {waves} from the reference focus")
     else:
         t.add_row("defocus", "single depth, in focus for the reference lenses")
+    spread = channel_focus_spread(spec)
+    if spread is not None:
+        lo, hi = spec.diopter_range
+        per = ", ".join(f"{lbl} ±{d:.2f} D" for lbl, d in zip(spec.spectral.labels, spread, strict=True))
+        t.add_row("focus spread in a channel", f"{per} (RMS over the sampled wavelengths, {o.element}) against the "
+                  f"depth range's {abs(hi - lo):.2f} D: broadband training matters more as they become comparable")
     t.add_row("element grid", f"{g.n} × {g.n} at {fmt_len(g.dx)} (parameterization {o.parameterization})")
     t.add_row("padded grid", f"{g.m} × {g.m} ({g.m * g.dx * 1e3:.3g} mm)")
     nf = ", ".join(f"{(o.aperture / 2) ** 2 / (w * o.sensor_distance):.0f}" for w in spec.wavelengths)

@@ -20,6 +20,7 @@ from lensdesign.evaluation.scoring import Evaluator, crop_to_factor, image_throu
 from lensdesign.imaging.sensor import convolve_same, eval_read_noise, psnr, ssim
 from lensdesign.rundir import META, Design, RunDir, atomic_write_bytes, atomic_write_json
 from lensdesign.spec import Spec, parse_length
+from lensdesign.system import mix_channels
 
 SENSOR_PNG = "sensor.png"
 RECON_PNG = "recon.png"
@@ -73,34 +74,53 @@ def read_depth_map(path: str | Path, shape: tuple[int, int]) -> np.ndarray:
     return dm
 
 
-def _picture(image_path: str | Path, spec: Spec) -> torch.Tensor:
-    """The picture as linear channels (1, C, H, W), one per wavelength; at least 8 × 8 pixels."""
+def _picture(image_path: str | Path, spec: Spec) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, Any]]:
+    """(the sharp image as linear channels (1, C, H, W), the scene per simulated wavelength (1, W, H, W) of a
+    hyperspectral cube or None for a picture, metrics about the scene); at least 8 × 8 pixels."""
+    from lensdesign.imaging import hyperspectral as hs
     from lensdesign.imaging.scenes import channels_from_rgb, read_image, srgb_to_linear
 
+    if hs.is_cube(image_path):
+        cube, wl = hs.read_cube(image_path)
+        name = Path(image_path).name
+        scene = torch.from_numpy(hs.sample_cube(cube, wl, list(spec.optical_spec.wavelengths), name))[None]
+        sharp = mix_channels(scene, hs.channel_weights(spec))
+        return sharp, scene, {"scene": "hyperspectral", "bands_nm": [round(float(wl[0]) * 1e9, 2),
+                                                                     round(float(wl[-1]) * 1e9, 2), len(wl)]}
     rgb = read_image(image_path)
     img = torch.from_numpy(channels_from_rgb(srgb_to_linear(rgb), spec.wavelengths))[None]
     hh, ww = img.shape[-2:]
     if min(hh, ww) < 8:
         raise LensdesignError(f"--image: {Path(image_path).name} is {ww} × {hh} pixels; give a picture of at least 8 × 8")
-    return img
+    return img, None, {"scene": "rgb"}
 
 
-def _blur(ev: Evaluator, h: torch.Tensor, img: torch.Tensor, z: float,
-          dm: np.ndarray | None) -> tuple[torch.Tensor, dict[str, Any]]:
-    """(noise-free fine-grid irradiance, metrics about the depths): one depth z (m), or layers of a depth map."""
+def _blur(ev: Evaluator, h: torch.Tensor, img: torch.Tensor, z: float, dm: np.ndarray | None,
+          scene: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
+    """(noise-free fine-grid irradiance (1, C, H, W), metrics about the depths): one depth z (m), or layers of a
+    depth map. A hyperspectral `scene` (1, W, H, W) is blurred wavelength by wavelength with the monochromatic
+    PSFs and then mixed to the channels; a picture `img` (1, C, H, W) with the channel PSFs."""
+    from lensdesign.imaging.hyperspectral import channel_weights
     from lensdesign.imaging.scenes import depth_layers
     from lensdesign.imaging.sensor import render_layers
 
     pipe, spec = ev.pipe, ev.spec
+    depths = [z] if dm is None else spec.depths_m
+    if scene is None:
+        _, psfs = pipe.psfs(h, depths)
+        src = img
+    else:
+        psfs, src = pipe.wavelength_psfs(h, depths), scene
     if dm is None:
-        _, at = pipe.psfs(h, [z])
-        return convolve_same(img, at), {"depth_m": None if math.isinf(z) else z, "depth_map": False}
-    layer_depths = spec.depths_m
-    _, lpsf = pipe.psfs(h, layer_depths)
-    layers = torch.from_numpy(depth_layers(dm, layer_depths))[None]
-    info = {"depth_m": None, "depth_map": True, "layers_m": [None if math.isinf(v) else v for v in layer_depths],
-            "layer_fraction": [round(float((layers == i).float().mean()), 4) for i in range(len(layer_depths))]}
-    return render_layers(img, layers, lpsf), info
+        out, info = convolve_same(src, psfs), {"depth_m": None if math.isinf(z) else z, "depth_map": False}
+    else:
+        layers = torch.from_numpy(depth_layers(dm, depths))[None]
+        info = {"depth_m": None, "depth_map": True, "layers_m": [None if math.isinf(v) else v for v in depths],
+                "layer_fraction": [round(float((layers == i).float().mean()), 4) for i in range(len(depths))]}
+        out = render_layers(src, layers, psfs)
+    if scene is not None:
+        out = mix_channels(out, channel_weights(spec))
+    return out, info
 
 
 def simulate_picture(run_path: str | Path, image_path: str | Path, out: str | Path, depth: str | None = None,
@@ -127,7 +147,7 @@ def simulate_picture(run_path: str | Path, image_path: str | Path, out: str | Pa
         z = spec.focus_depth_m if depth is None else parse_length(depth, allow_inf=True)
     except ValueError as e:
         raise LensdesignError(f"--depth-m: {e}") from None
-    img = _picture(image_path, spec)
+    img, scene, scene_info = _picture(image_path, spec)
     dm = None if depth_map is None else read_depth_map(depth_map, tuple(img.shape[-2:]))
     outp = Path(out)
     if outp.exists() and not outp.is_dir():
@@ -139,15 +159,17 @@ def simulate_picture(run_path: str | Path, image_path: str | Path, out: str | Pa
         recon = design.reconstruction()
         k = ev.pipe.factor
         img = crop_to_factor(img, k)
+        if scene is not None:
+            scene = crop_to_factor(scene, k)
         if dm is not None:
             dm = dm[:img.shape[-2], :img.shape[-1]]
         with torch.no_grad():
             ref, _ = ev.pipe.psfs(h)
-            clean, info = _blur(ev, h, img, z, dm)
+            clean, info = _blur(ev, h, img, z, dm, scene)
             y, x, plan = image_through(ev.pipe, clean, ref.mean(0), gamma, recon, seed)
             yu = plan.upsampled
-        metrics = {"image": Path(image_path).name, "size": list(img.shape[-2:]), "sensor_size": list(y.shape[-2:]),
-                   "superres_factor": k, **info,
+        metrics = {"image": Path(image_path).name, **scene_info, "size": list(img.shape[-2:]),
+                   "sensor_size": list(y.shape[-2:]), "superres_factor": k, **info,
                    "psnr_db": round(float(psnr(x, img)), 4), "ssim": round(ssim(x, img)[0], 5),
                    "sensor_psnr_db": round(float(psnr(yu, img)), 4), "sensor_ssim": round(ssim(yu, img)[0], 5),
                    "reconstruction": "wiener" if recon is None else recon.kind,

@@ -249,6 +249,11 @@ class Pipeline:
         r = self.optics.src.shape[0]
         return stack[:r], stack[r:]
 
+    def wavelength_psfs(self, height: torch.Tensor, depths: list[float]) -> torch.Tensor:
+        """Monochromatic PSFs (D, W, P, P) at `depths` (m), one plane per simulated wavelength (before the channels
+        are mixed): what a hyperspectral scene is blurred with."""
+        return self.stack(height, self.optics.source_waves(depths))
+
     def stack(self, height: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
         """PSF stack (D, W, P, P) of a height map (N, N) in metres for source waves `src` from
         `optics.source_waves` (any block of depths), on the pipeline's path, one plane per simulated wavelength

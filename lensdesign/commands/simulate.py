@@ -25,7 +25,9 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def simulate(
         run: Annotated[Path, typer.Argument(help="run directory")],
-        image: Annotated[Path, typer.Option("--image", help="picture to image (jpg, png, tiff; sRGB)")],
+        image: Annotated[Path, typer.Option("--image", help="picture to image (jpg, png, tiff; sRGB), a hyperspectral "
+                                            "cube (.npz: cube (L, H, W) reflectance, wavelengths_nm (L,)) or "
+                                            "colorchecker (the chart's measured reflectances)")],
         out: Annotated[Path, typer.Option("--out", help="folder for sensor.png, recon.png, metrics.json")],
         depth_m: Annotated[str | None, typer.Option("--depth-m", help="depth of the whole picture in metres or inf "
                                                     "(default: the spec's focus depth)")] = None,
@@ -35,10 +37,12 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Image a picture through a run's design (one depth, or layers from a depth map), add sensor noise and
         reconstruct it with the run's Wiener filter (and U-Net); writes sensor.png, recon.png and metrics.json.
-        Super-resolution runs: the picture is the fine-grid scene, sensor.png the coarser sensor image."""
+        A hyperspectral cube is blurred wavelength by wavelength and integrated by the channels (broadband runs:
+        their sensitivity × illuminant weights). Super-resolution runs: the picture is the fine-grid scene,
+        sensor.png the coarser sensor image."""
         if depth_m is not None and depth_map is not None:
             raise LensdesignError("--depth-m and --depth-map: give one of them (one depth for the whole picture, or a map)")
-        if not image.is_file():
+        if str(image) != "colorchecker" and not image.is_file():
             raise LensdesignError(f"{image}: no such image file; check the path")
         from lensdesign.rundir import RunDir
         from lensdesign.simulate import simulate_picture

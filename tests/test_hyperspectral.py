@@ -97,6 +97,12 @@ def test_simulate_a_hyperspectral_scene_end_to_end(tmp_path: Path, cli, broadban
     np.savez(tmp_path / "cc.npz", cube=cube, wavelengths_nm=wl * 1e9)
     m2 = simulate_picture(broadband_run, tmp_path / "cc.npz", tmp_path / "cc2")
     assert m2["psnr_db"] == pytest.approx(m["psnr_db"], abs=1e-3)
+    # layers of a depth map: every layer at the focus depth is the single-depth image
+    np.save(tmp_path / "dm.npy", np.full(cube.shape[1:], 0.2))
+    m3 = simulate_picture(broadband_run, tmp_path / "cc.npz", tmp_path / "cc3", depth_map=tmp_path / "dm.npy")
+    assert m3["depth_map"] and m3["layer_fraction"][1] == 1.0
+    m4 = simulate_picture(broadband_run, tmp_path / "cc.npz", tmp_path / "cc4", depth="0.2")
+    assert m3["psnr_db"] == pytest.approx(m4["psnr_db"], abs=1e-3)
 
 
 @pytest.mark.parametrize("bad, needle", [

@@ -20,7 +20,6 @@ from lensdesign.evaluation.scoring import Evaluator, crop_to_factor, image_throu
 from lensdesign.imaging.sensor import convolve_same, eval_read_noise, psnr, ssim
 from lensdesign.rundir import META, Design, RunDir, atomic_write_bytes, atomic_write_json
 from lensdesign.spec import Spec, parse_length
-from lensdesign.system import mix_channels
 
 SENSOR_PNG = "sensor.png"
 RECON_PNG = "recon.png"
@@ -74,9 +73,9 @@ def read_depth_map(path: str | Path, shape: tuple[int, int]) -> np.ndarray:
     return dm
 
 
-def _picture(image_path: str | Path, spec: Spec) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, Any]]:
-    """(the sharp image as linear channels (1, C, H, W), the scene per simulated wavelength (1, W, H, W) of a
-    hyperspectral cube or None for a picture, metrics about the scene); at least 8 × 8 pixels."""
+def _picture(image_path: str | Path, spec: Spec) -> tuple[torch.Tensor, bool, dict[str, Any]]:
+    """(the picture as linear channels (1, C, H, W), or a hyperspectral cube's scene per simulated wavelength
+    (1, W, H, W); whether it is a cube; metrics about the scene); at least 8 × 8 pixels."""
     from lensdesign.imaging import hyperspectral as hs
     from lensdesign.imaging.scenes import channels_from_rgb, read_image, srgb_to_linear
 
@@ -84,15 +83,14 @@ def _picture(image_path: str | Path, spec: Spec) -> tuple[torch.Tensor, torch.Te
         cube, wl = hs.read_cube(image_path)
         name = Path(image_path).name
         scene = torch.from_numpy(hs.sample_cube(cube, wl, list(spec.optical_spec.wavelengths), name))[None]
-        sharp = mix_channels(scene, hs.channel_weights(spec))
-        return sharp, scene, {"scene": "hyperspectral", "bands_nm": [round(float(wl[0]) * 1e9, 2),
-                                                                     round(float(wl[-1]) * 1e9, 2), len(wl)]}
+        return scene, True, {"scene": "hyperspectral", "bands_nm": [round(float(wl[0]) * 1e9, 2),
+                                                                    round(float(wl[-1]) * 1e9, 2), len(wl)]}
     rgb = read_image(image_path)
     img = torch.from_numpy(channels_from_rgb(srgb_to_linear(rgb), spec.wavelengths))[None]
     hh, ww = img.shape[-2:]
     if min(hh, ww) < 8:
         raise LensdesignError(f"--image: {Path(image_path).name} is {ww} × {hh} pixels; give a picture of at least 8 × 8")
-    return img, None, {"scene": "rgb"}
+    return img, False, {"scene": "rgb"}
 
 
 def _blur(ev: Evaluator, h: torch.Tensor, img: torch.Tensor, z: float, dm: np.ndarray | None,
@@ -100,7 +98,6 @@ def _blur(ev: Evaluator, h: torch.Tensor, img: torch.Tensor, z: float, dm: np.nd
     """(noise-free fine-grid irradiance (1, C, H, W), metrics about the depths): one depth z (m), or layers of a
     depth map. A hyperspectral `scene` (1, W, H, W) is blurred wavelength by wavelength with the monochromatic
     PSFs and then mixed to the channels; a picture `img` (1, C, H, W) with the channel PSFs."""
-    from lensdesign.imaging.hyperspectral import channel_weights
     from lensdesign.imaging.scenes import depth_layers
     from lensdesign.imaging.sensor import render_layers
 
@@ -118,9 +115,7 @@ def _blur(ev: Evaluator, h: torch.Tensor, img: torch.Tensor, z: float, dm: np.nd
         info = {"depth_m": None, "depth_map": True, "layers_m": [None if math.isinf(v) else v for v in depths],
                 "layer_fraction": [round(float((layers == i).float().mean()), 4) for i in range(len(depths))]}
         out = render_layers(src, layers, psfs)
-    if scene is not None:
-        out = mix_channels(out, channel_weights(spec))
-    return out, info
+    return (out if scene is None else pipe.to_channels(out)), info
 
 
 def simulate_picture(run_path: str | Path, image_path: str | Path, out: str | Path, depth: str | None = None,
@@ -147,8 +142,8 @@ def simulate_picture(run_path: str | Path, image_path: str | Path, out: str | Pa
         z = spec.focus_depth_m if depth is None else parse_length(depth, allow_inf=True)
     except ValueError as e:
         raise LensdesignError(f"--depth-m: {e}") from None
-    img, scene, scene_info = _picture(image_path, spec)
-    dm = None if depth_map is None else read_depth_map(depth_map, tuple(img.shape[-2:]))
+    pic, cube, scene_info = _picture(image_path, spec)
+    dm = None if depth_map is None else read_depth_map(depth_map, tuple(pic.shape[-2:]))
     outp = Path(out)
     if outp.exists() and not outp.is_dir():
         raise LensdesignError(f"--out: {outp} is a file; give a folder")
@@ -158,9 +153,9 @@ def simulate_picture(run_path: str | Path, image_path: str | Path, out: str | Pa
         gamma, gamma_from = run_gamma(spec, design, h, ev)
         recon = design.reconstruction()
         k = ev.pipe.factor
-        img = crop_to_factor(img, k)
-        if scene is not None:
-            scene = crop_to_factor(scene, k)
+        pic = crop_to_factor(pic, k)
+        # a cube's sharp image: what a perfect lens would record, Σ_i w_ci R(λ_i)
+        scene, img = (pic, ev.pipe.to_channels(pic)) if cube else (None, pic)
         if dm is not None:
             dm = dm[:img.shape[-2], :img.shape[-1]]
         with torch.no_grad():

@@ -30,27 +30,23 @@ def defocus_waves(spec: Spec) -> float:
 
 def channel_focus_spread(spec: Spec) -> list[float] | None:
     """RMS spread σ (D, 1/m) of the element's focal power over each broadband channel's sampled wavelengths (their
-    weighted standard deviation), with P(λ) = P0·λ/λc for a diffractive element (first order) and P0·(n(λ) − 1) /
-    (n(λc) − 1) for a refractive one, P0 = 1/z_sensor + 1/z_focus and λc the channel's mean wavelength: the object
-    vergence over which a channel's light is in focus. None for one line per channel or a hybrid element."""
+    weighted standard deviation), with P(λ) = P0·g(λ)/ḡ, g = λ for a diffractive element (first order) and n(λ) − 1
+    for a refractive one, ḡ its weighted mean over the channel and P0 = 1/z_sensor + 1/z_focus: the object vergence
+    over which a channel's light is in focus. None for one line per channel or a hybrid element."""
     ch = spec.spectral
     if ch is None or spec.optics.element == "hybrid":
         return None
+    import numpy as np
+
     from lensdesign.materials import refractive_index
 
     pf = 0.0 if math.isinf(spec.focus_depth_m) else 1.0 / spec.focus_depth_m
     p0 = 1.0 / spec.optics.sensor_distance + pf
-    out = []
-    for c, lc in enumerate(ch.centroids_m):
-        w = ch.weights[c]
-        if spec.optics.element == "diffractive":
-            rel = [lam / lc for lam in ch.wavelengths_m]
-        else:
-            nc = refractive_index(spec.optics.material, lc) - 1.0
-            rel = [(refractive_index(spec.optics.material, lam) - 1.0) / nc for lam in ch.wavelengths_m]
-        mean = sum(wi * r for wi, r in zip(w, rel, strict=True))
-        out.append(p0 * math.sqrt(sum(wi * (r - mean) ** 2 for wi, r in zip(w, rel, strict=True))))
-    return out
+    lam = np.asarray(ch.wavelengths_m)
+    power = lam if spec.optics.element == "diffractive" else np.array(
+        [refractive_index(spec.optics.material, w) - 1.0 for w in lam])  # ∝ P(λ), up to the channel's scale
+    mean = ch.weights @ power
+    return [float(p0 * np.sqrt(ch.weights[c] @ (power - mean[c]) ** 2) / mean[c]) for c in range(len(mean))]
 
 
 def json_safe(obj: Any) -> Any:

@@ -198,9 +198,10 @@ class FieldAnalyzer:
             if self.weights is None:
                 vals = (ay @ spec_u[j]) @ ax.T
                 sub = vals.real.square() + vals.imag.square()
-            else:
-                vals = (ay[None] @ spec_u) @ ax.T[None]
-                sub = torch.einsum("w,wab->ab", self.weights[j], vals.real.square() + vals.imag.square())
+            else:  # the channel's own wavelengths only
+                own = torch.nonzero(self.weights[j]).squeeze(1)
+                vals = (ay[None] @ spec_u[own]) @ ax.T[None]
+                sub = torch.einsum("w,wab->ab", self.weights[j, own], vals.real.square() + vals.imag.square())
             peak = float(sub.max()) / float(m) ** 4
             peaks[j] = max(peak, float(coarse[j, iy, ix]))
         return peaks, idx

@@ -42,7 +42,9 @@ def register(app: typer.Typer) -> None:
         sensor.png the coarser sensor image."""
         if depth_m is not None and depth_map is not None:
             raise LensdesignError("--depth-m and --depth-map: give one of them (one depth for the whole picture, or a map)")
-        if str(image) != "colorchecker" and not image.is_file():
+        from lensdesign.imaging.hyperspectral import COLORCHECKER
+
+        if str(image) != COLORCHECKER and not image.is_file():
             raise LensdesignError(f"{image}: no such image file; check the path")
         from lensdesign.rundir import RunDir
         from lensdesign.simulate import simulate_picture

@@ -16,7 +16,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from lensdesign.errors import LensdesignError
 
@@ -96,11 +95,3 @@ def sample_cube(cube: np.ndarray, wl_m: np.ndarray, at_m: list[float], name: str
     out = cube[idx] * (1 - t)[:, None, None] + cube[idx + 1] * t[:, None, None]
     return out.astype(np.float32)
 
-
-def channel_weights(spec: object) -> torch.Tensor:
-    """(C, W) weights of the simulated wavelengths per channel: `spec.spectral.weights`, or the identity for one
-    line per channel."""
-    ch = spec.spectral  # type: ignore[attr-defined]
-    if ch is None:
-        return torch.eye(len(spec.wavelengths))  # type: ignore[attr-defined]
-    return torch.tensor(ch.weights, dtype=torch.float32)

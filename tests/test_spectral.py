@@ -244,3 +244,11 @@ def test_check_shows_each_channels_focus_spread_against_the_depth_range(tmp_path
         lam = np.asarray(ch.wavelengths_m[c * 5:(c + 1) * 5])
         assert f"{label} ±{p0 * lam.std() / ch.centroids_m[c]:.2f} D" in out, out
     assert f"depth range's {1 / spec.depths_m[0]:.2f} D" in out
+
+
+def test_optimize_names_channels_and_sampled_wavelengths(tmp_path: Path, cli) -> None:
+    """The run's header counts a broadband spec's channels and the wavelengths its optics simulates."""
+    r = cli("optimize", write_spec(tmp_path, _small({"camera": "Nikon 5100", "samples": 3})), "--out",
+            tmp_path / "run", "--steps", "1", "--no-eval")
+    assert r.returncode == 0, r.stderr
+    assert "3 depths × 3 channels (9 wavelengths)" in " ".join(r.stdout.split()), r.stdout

@@ -165,8 +165,10 @@ def _header(s: Spec, g: Any, dev: Any) -> str:
     r = s.reconstruction
     rec = "Wiener" if r.kind == "wiener" else f"Wiener + U-Net ({r.unet_channels} channels, depth {r.unet_depth})"
     sr = f", ×{s.sensor.superres_factor} super-resolution" if s.sensor.superres_factor > 1 else ""
+    wl = (f"{len(s.wavelengths)} wavelengths" if s.spectral is None else
+          f"{len(s.wavelengths)} channels ({len(s.spectral.wavelengths_m)} wavelengths)")
     return (f"optimize [bold]{s.name}[/bold] ({s.task}{sr}): {g.n} × {g.n} element at {g.dx * 1e6:.3g} um, "
-            f"{len(s.depths_m)} depths × {len(s.wavelengths)} wavelengths, {rec}, {s.training.steps} steps on {on}")
+            f"{len(s.depths_m)} depths × {wl}, {rec}, {s.training.steps} steps on {on}")
 
 
 def _train_with_progress(s: Spec, spec: Path, out: Path, dev: Any, resume: bool, checkpoint_every: int | None,

@@ -93,21 +93,17 @@ def _picture(image_path: str | Path, spec: Spec) -> tuple[torch.Tensor, bool, di
     return img, False, {"scene": "rgb"}
 
 
-def _blur(ev: Evaluator, h: torch.Tensor, img: torch.Tensor, z: float, dm: np.ndarray | None,
-          scene: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
+def _blur(ev: Evaluator, h: torch.Tensor, src: torch.Tensor, z: float, dm: np.ndarray | None,
+          cube: bool) -> tuple[torch.Tensor, dict[str, Any]]:
     """(noise-free fine-grid irradiance (1, C, H, W), metrics about the depths): one depth z (m), or layers of a
-    depth map. A hyperspectral `scene` (1, W, H, W) is blurred wavelength by wavelength with the monochromatic
-    PSFs and then mixed to the channels; a picture `img` (1, C, H, W) with the channel PSFs."""
+    depth map. A hyperspectral cube's scene `src` (1, W, H, W) is blurred wavelength by wavelength with the
+    monochromatic PSFs and then mixed to the channels; a picture (1, C, H, W) with the channel PSFs."""
     from lensdesign.imaging.scenes import depth_layers
     from lensdesign.imaging.sensor import render_layers
 
     pipe, spec = ev.pipe, ev.spec
     depths = [z] if dm is None else spec.depths_m
-    if scene is None:
-        _, psfs = pipe.psfs(h, depths)
-        src = img
-    else:
-        psfs, src = pipe.wavelength_psfs(h, depths), scene
+    psfs = pipe.wavelength_psfs(h, depths) if cube else pipe.psfs(h, depths)[1]
     if dm is None:
         out, info = convolve_same(src, psfs), {"depth_m": None if math.isinf(z) else z, "depth_map": False}
     else:
@@ -115,7 +111,7 @@ def _blur(ev: Evaluator, h: torch.Tensor, img: torch.Tensor, z: float, dm: np.nd
         info = {"depth_m": None, "depth_map": True, "layers_m": [None if math.isinf(v) else v for v in depths],
                 "layer_fraction": [round(float((layers == i).float().mean()), 4) for i in range(len(depths))]}
         out = render_layers(src, layers, psfs)
-    return (out if scene is None else pipe.to_channels(out)), info
+    return (pipe.to_channels(out) if cube else out), info
 
 
 def simulate_picture(run_path: str | Path, image_path: str | Path, out: str | Path, depth: str | None = None,
@@ -155,12 +151,12 @@ def simulate_picture(run_path: str | Path, image_path: str | Path, out: str | Pa
         k = ev.pipe.factor
         pic = crop_to_factor(pic, k)
         # a cube's sharp image: what a perfect lens would record, Σ_i w_ci R(λ_i)
-        scene, img = (pic, ev.pipe.to_channels(pic)) if cube else (None, pic)
+        img = ev.pipe.to_channels(pic) if cube else pic
         if dm is not None:
             dm = dm[:img.shape[-2], :img.shape[-1]]
         with torch.no_grad():
             ref, _ = ev.pipe.psfs(h)
-            clean, info = _blur(ev, h, img, z, dm, scene)
+            clean, info = _blur(ev, h, pic, z, dm, cube)
             y, x, plan = image_through(ev.pipe, clean, ref.mean(0), gamma, recon, seed)
             yu = plan.upsampled
         metrics = {"image": Path(image_path).name, **scene_info, "size": list(img.shape[-2:]),

@@ -36,8 +36,6 @@ def channel_focus_spread(spec: Spec) -> list[float] | None:
     ch = spec.spectral
     if ch is None or spec.optics.element == "hybrid":
         return None
-    import numpy as np
-
     from lensdesign.materials import refractive_index
 
     pf = 0.0 if math.isinf(spec.focus_depth_m) else 1.0 / spec.focus_depth_m

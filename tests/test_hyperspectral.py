@@ -42,7 +42,7 @@ def test_cube_blurred_per_wavelength_and_mixed_by_the_channels() -> None:
     ev = Evaluator(spec, "cpu")
     h = fresnel_height(spec, plan_grid(spec).n).float()
     with torch.no_grad():
-        got, info = _blur(ev, h, torch.zeros(1, 3, 40, 48), 0.3, None, scene)
+        got, info = _blur(ev, h, scene, 0.3, None, cube=True)
     assert info["depth_m"] == 0.3
     blurred = []
     for i, w in enumerate(lam):
@@ -55,7 +55,7 @@ def test_cube_blurred_per_wavelength_and_mixed_by_the_channels() -> None:
     want = np.einsum("cw,wyx->cyx", ch.weights, np.stack(blurred))
     np.testing.assert_allclose(got[0].double().numpy(), want, rtol=1e-4, atol=1e-5)
     with torch.no_grad():
-        at_means, _ = _blur(ev, h, torch.from_numpy(want_scene[[1, 4, 7]]).float()[None], 0.3, None)
+        at_means, _ = _blur(ev, h, torch.from_numpy(want_scene[[1, 4, 7]]).float()[None], 0.3, None, cube=False)
     assert float((at_means[0].double() - torch.from_numpy(want)).abs().max()) > 1e-3
 
 

@@ -27,8 +27,8 @@ def phase_to_height(phase: torch.Tensor, spec: Spec) -> torch.Tensor:
     """Wrap a design-wavelength phase (rad) into heights in [0, one wave) (m)."""
     hw = wave_height(spec)
     if spec.max_height_m < hw * (1 - 1e-6):
-        raise SpecError(f"optics.max_height: {spec.max_height_m * 1e6:.3g} um is below one wave "
-                        f"({hw * 1e6:.3g} um) at the design wavelength; use 'auto' or a larger height")
+        raise SpecError(f"optics.max_height: {spec.max_height_m * 1e6:.6g} um is below one wave "
+                        f"({hw * 1e6:.6g} um) at the design wavelength; use 'auto' or a larger height")
     return torch.remainder(phase / (2 * math.pi), 1.0) * hw
 
 

@@ -29,7 +29,7 @@ from lensdesign.fabrication.quantize import quantize_ste, soft_quantize
 from lensdesign.imaging.mosaic import channel_bands, mosaic_demosaic
 from lensdesign.imaging.reconstruct import WienerReconstruction, make_reconstruction
 from lensdesign.imaging.sensor import add_noise, convolve_valid, integrate_pixels, psf_margin
-from lensdesign.optics.element import check_sag_sampling, is_wrapped, make_element_surface
+from lensdesign.optics.element import check_max_height, is_wrapped, make_element_surface
 from lensdesign.optics.psf import OpticalSystem, PSFStack, plan_grid
 from lensdesign.optics.surfaces import Surface
 from lensdesign.spec import Spec
@@ -120,7 +120,7 @@ def make_task(spec: Spec) -> Task:
 def check_supported(spec: Spec) -> None:
     """Raise a one-line LensdesignError for spec combinations that `optimize` cannot do."""
     make_task(spec)
-    check_sag_sampling(spec)
+    check_max_height(spec)
     if spec.sensor.superres_factor != 1 and spec.task != "superres":
         raise LensdesignError(f"sensor.superres_factor: {spec.sensor.superres_factor} is only used by task: superres; "
                               "set task: superres or superres_factor: 1")

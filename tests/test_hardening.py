@@ -157,6 +157,21 @@ def test_output_under_a_file_refused(tmp_path: Path) -> None:
     _refused_before_start(tmp_path, QUICK, "--out", out=tmp_path / "a-file" / "run")
 
 
+def test_diffractive_relief_below_one_wave_refused_by_check_and_before_start(tmp_path: Path) -> None:
+    """A diffractive max_height under one wave at the design wavelength (λ/(n − 1), here 550 nm in fused silica)
+    cannot hold the Fresnel start: `check` says so as `optimize` does, before anything is created; one wave passes."""
+    from lensdesign.materials import refractive_index
+
+    wave_um = 0.55 / (refractive_index("fused_silica", 550e-9) - 1)
+    d = copy.deepcopy(QUICK)
+    d["optics"] = {**d["optics"], "max_height": f"{wave_um * 0.99:.6f} um"}
+    err = _one_line_error(run_main("check", write_spec(tmp_path, d)), "optics.max_height", "one wave", "'auto'")
+    assert f"{wave_um:.6g} um" in err and "550 nm" in err, err
+    _refused_before_start(tmp_path, d, "optics.max_height")
+    d["optics"]["max_height"] = f"{wave_um:.7f} um"
+    assert run_main("check", write_spec(tmp_path, d)).returncode == 0
+
+
 @pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs /proc (Linux)")
 def test_unwritable_output_refused(tmp_path: Path) -> None:
     _refused_before_start(tmp_path, QUICK, "--out", "cannot write", out=Path("/proc/lensdesign-run"))

@@ -61,13 +61,13 @@ def channel_rows(spec: Spec) -> str:
 
 def check_spec(spec: Spec) -> Table:
     """A table describing how `spec` will be simulated (raises SpecError when it cannot be)."""
-    from lensdesign.optics.element import check_sag_sampling, max_sag_sampled
+    from lensdesign.optics.element import check_max_height, max_sag_sampled
     from lensdesign.optics.hankel import choose_path, choose_radial_propagator, ring_count, ring_width
     from lensdesign.optics.psf import plan_grid
     from lensdesign.units import channel_focus_spread, defocus_w020_m
 
     g = plan_grid(spec.optical_spec)  # every sampled wavelength of broadband channels
-    check_sag_sampling(spec)
+    check_max_height(spec)
     o = spec.optics
     t = Table(title=f"lensdesign check: {spec.name} ({spec.task})", show_header=False)
     t.add_column("item", style="bold")

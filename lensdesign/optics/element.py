@@ -5,7 +5,7 @@
 * refractive: an unwrapped sag h ∈ [0, max_height], the same phase law with the material's n(λ): its focal
   length f(λ) = R / (n(λ) − 1) follows the lensmaker's formula (weak dispersion). Step sizes of the optimizer
   are in waves of phase at the design wavelength (`unit` = λ/(n − 1)). A sag must be sampled by the element
-  grid: its local phase gradient may not exceed π per sample at any wavelength (`check_sag_sampling`).
+  grid: its local phase gradient may not exceed π per sample at any wavelength (`check_max_height`).
 * hybrid: the spec's focusing lens as a fixed refractive base (thin-lens sag, `thin_lens_sag`) plus a
   diffractive relief of one wave optimized on top; built as one continuous sag.
 
@@ -59,9 +59,16 @@ def max_sag_sampled(spec: Spec, pitch: float | None = None) -> float:
     return min(w * r / (4.0 * (nw - 1.0) * p) for w, nw in zip(spec.wavelengths, spec.refractive_indices, strict=True))
 
 
-def check_sag_sampling(spec: Spec) -> None:
-    """Raise a one-line SpecError when the refractive sag (the base lens of a hybrid) is too deep for the pitch."""
+def check_max_height(spec: Spec) -> None:
+    """Raise a one-line SpecError when `optics.max_height` cannot be made or simulated: a diffractive relief
+    shallower than one wave at the design wavelength (the Fresnel lens every design starts from, and the
+    reference lenses, need a full wave), or a refractive sag (the base lens of a hybrid) too deep for the pitch."""
     if spec.optics.element == "diffractive":
+        wave = spec.wave_height_m
+        if spec.max_height_m < wave * (1 - 1e-6):
+            raise SpecError(f"optics.max_height: {spec.max_height_m * 1e6:.6g} um is below one wave ({wave * 1e6:.6g} um "
+                            f"at the design wavelength {spec.design_wavelength_m * 1e9:.4g} nm), which a diffractive "
+                            "relief and its Fresnel start need; use 'auto' or at least that height")
         return
     sag = spec.max_height_m - (spec.wave_height_m if spec.optics.element == "hybrid" else 0.0)
     limit = max_sag_sampled(spec)

@@ -23,13 +23,20 @@ def wave_height(spec: Spec) -> float:
     return spec.design_wavelength_m / (spec.design_index - 1.0)
 
 
-def phase_to_height(phase: torch.Tensor, spec: Spec) -> torch.Tensor:
-    """Wrap a design-wavelength phase (rad) into heights in [0, one wave) (m)."""
+def require_one_wave(spec: Spec) -> None:
+    """Raise a one-line SpecError when `optics.max_height` is below one wave at the design wavelength, the depth a
+    wrapped Fresnel lens (every diffractive design's start and the reference lenses) needs."""
     hw = wave_height(spec)
     if spec.max_height_m < hw * (1 - 1e-6):
-        raise SpecError(f"optics.max_height: {spec.max_height_m * 1e6:.6g} um is below one wave "
-                        f"({hw * 1e6:.6g} um) at the design wavelength; use 'auto' or a larger height")
-    return torch.remainder(phase / (2 * math.pi), 1.0) * hw
+        raise SpecError(f"optics.max_height: {spec.max_height_m * 1e6:.6g} um is below one wave ({hw * 1e6:.6g} um "
+                        f"at the design wavelength {spec.design_wavelength_m * 1e9:.4g} nm), which a diffractive "
+                        "relief and its Fresnel start need; use 'auto' or at least that height")
+
+
+def phase_to_height(phase: torch.Tensor, spec: Spec) -> torch.Tensor:
+    """Wrap a design-wavelength phase (rad) into heights in [0, one wave) (m)."""
+    require_one_wave(spec)
+    return torch.remainder(phase / (2 * math.pi), 1.0) * wave_height(spec)
 
 
 def lens_phase(spec: Spec, n: int, focus_depth: float | None = None) -> torch.Tensor:

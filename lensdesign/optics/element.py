@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from lensdesign.baselines import focal_length
+from lensdesign.baselines import focal_length, require_one_wave
 from lensdesign.errors import SpecError
 from lensdesign.optics.surfaces import HybridSurface, Surface, make_surface
 from lensdesign.spec import Spec
@@ -64,11 +64,7 @@ def check_max_height(spec: Spec) -> None:
     shallower than one wave at the design wavelength (the Fresnel lens every design starts from, and the
     reference lenses, need a full wave), or a refractive sag (the base lens of a hybrid) too deep for the pitch."""
     if spec.optics.element == "diffractive":
-        wave = spec.wave_height_m
-        if spec.max_height_m < wave * (1 - 1e-6):
-            raise SpecError(f"optics.max_height: {spec.max_height_m * 1e6:.6g} um is below one wave ({wave * 1e6:.6g} um "
-                            f"at the design wavelength {spec.design_wavelength_m * 1e9:.4g} nm), which a diffractive "
-                            "relief and its Fresnel start need; use 'auto' or at least that height")
+        require_one_wave(spec)
         return
     sag = spec.max_height_m - (spec.wave_height_m if spec.optics.element == "hybrid" else 0.0)
     limit = max_sag_sampled(spec)
